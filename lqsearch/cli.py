@@ -1,6 +1,7 @@
 """``lqsearch`` command line.
 
-``lqsearch ppl``: perplexity of a model, optionally fake-quantized with round-to-nearest.
+``lqsearch ppl``: perplexity of a model, optionally fake-quantized with round-to-nearest,
+with an uncalibrated transform (identity or a fixed rotation) at every site.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from lqsearch.data import evaluation_windows, load_text, tokenize
 from lqsearch.errors import ConfigError
 from lqsearch.eval import perplexity
 from lqsearch.models import load_model
-from lqsearch.models.quantized import quantize_model
+from lqsearch.transforms import transform_model
 from lqsearch.quant import QuantConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,6 +33,13 @@ def _ppl_parser(subparsers: argparse._SubParsersAction) -> None:
     ppl.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     ppl.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ppl.add_argument("--symmetric-denominator", choices=("qmax", "qmax+0.5"), default="qmax")
+    ppl.add_argument(
+        "--transform",
+        choices=("identity", "rotation"),
+        default="identity",
+        help="uncalibrated transform at every site, fused before evaluation: identity = RTN, rotation = fixed randomised Hadamard",
+    )
+    ppl.add_argument("--seed", type=int, default=0, help="seed of the random rotations")
     ppl.set_defaults(run=_run_ppl)
 
 
@@ -41,9 +49,11 @@ def _run_ppl(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, DTYPES[args.dtype])
     windows = evaluation_windows(tokenize(tokenizer, text), args.seqlen, args.max_windows)
     if not quant.is_full_precision:
-        quantize_model(model, quant)
+        blocks = transform_model(model, quant, candidates=(args.transform,), learnable_clipping=False, seed=args.seed)
+        for block in blocks:
+            block.fuse()
     result = perplexity(model.to(args.device), windows, args.batch_size)
-    print(f"model: {args.model}  corpus: {args.corpus}  quant: {quant.spec}  windows: {len(windows)} x {args.seqlen}")
+    print(f"model: {args.model}  corpus: {args.corpus}  quant: {quant.spec}  transform: {args.transform}  windows: {len(windows)} x {args.seqlen}")
     print(f"perplexity: {result.perplexity:.4f}")
     print(f"tokens/s: {result.tokens_per_second:.1f}")
 

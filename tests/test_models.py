@@ -7,7 +7,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lqsearch.errors import ConfigError
 from lqsearch.models import LINEAR_ROLES, ModelAdapter, load_model
-from lqsearch.models.quantized import QuantizedLinear, quantize_model
+from lqsearch.models.quantized import QuantizedLinear
+from lqsearch.transforms import quantize_model
 from lqsearch.quant import QuantConfig
 
 
@@ -30,8 +31,8 @@ def test_unsupported_model_type_is_one_line() -> None:
 
 def test_full_precision_wrapping_is_exact(tiny, token_batch) -> None:
     reference = tiny(token_batch).logits
-    adapter = quantize_model(tiny, QuantConfig.parse("w16a16kv16"))
-    assert all(isinstance(adapter.linear(b, r), QuantizedLinear) for b in adapter.blocks for r in LINEAR_ROLES)
+    blocks = quantize_model(tiny, QuantConfig.parse("w16a16kv16"))
+    assert all(isinstance(b.linear(r), QuantizedLinear) for b in blocks for r in LINEAR_ROLES)
     assert torch.equal(tiny(token_batch).logits, reference)
 
 
@@ -46,10 +47,10 @@ def test_key_is_quantized_after_rope(tiny_llama, token_batch) -> None:
     # Capture what reaches the K quantizer: it must equal RoPE(k_proj(norm(x))), the post-RoPE key.
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    adapter = quantize_model(tiny_llama, QuantConfig.parse("w16a16k4v16"))
+    adapter = quantize_model(tiny_llama, QuantConfig.parse("w16a16k4v16"))[0].adapter
     attention = adapter.attention(adapter.blocks[0])
     seen, captured = {}, {}
-    attention.kv_site.k_quantizer.register_forward_hook(lambda m, args, out: seen.setdefault("key", args[0]))
+    attention.kv_site.k_site.quantizer.register_forward_hook(lambda m, args, out: seen.setdefault("key", args[0]))
     attention.register_forward_hook(lambda m, args, kwargs, out: captured.update(kwargs), with_kwargs=True)
     attention.k_proj.register_forward_hook(lambda m, args, out: captured.setdefault("k", out))
     tiny_llama(token_batch)

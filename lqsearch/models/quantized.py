@@ -1,13 +1,17 @@
-"""Fake-quantized decoder blocks built by wrapping Hugging Face modules, not copying their forward.
+"""Transformed, fake-quantized decoder blocks, built by wrapping Hugging Face modules in place.
 
-Each block gets:
-- ``NormWithSite`` around both norms: the norm output is the one activation that
-  q/k/v (and gate/up) read, so it is quantized once there, per token;
-- ``QuantizedLinear`` in place of every linear: its weight is quantized per output
-  channel; o_proj and down_proj also quantize their own input (an ``ActivationSite``);
-- ``KVCacheSite`` on the attention module: K (after RoPE) and V are quantized per
-  token and head. It runs inside a registered attention function, the hook
-  transformers offers between RoPE and the attention kernel.
+Wrappers, per decoder block:
+- ``NormWithSite`` around both norms: their output is the activation that q/k/v (gate/up)
+  read, so it is transformed and quantized once there (sites ``qkv`` and ``upgate``);
+- ``QuantizedLinear`` in place of every linear: its weight gets the inverse-transpose of
+  the transform that feeds it, then per-channel quantization; o_proj and down_proj also
+  own the site of their input (``ov``: across heads; ``down``);
+- v_proj's weight also gets the per-head factor of the ``ov`` transform on its output rows,
+  before quantization, exactly as it will be fused;
+- ``KVCacheSite`` on the attention module, run by a registered attention function, the
+  hook transformers offers between RoPE and the kernel: Q/K get the ``k`` transform
+  (inverse on Q, which stays in full precision), K is quantized after it, V is quantized.
+Every site holds one transform and quantizer per candidate kind; one candidate is active.
 Norms, RoPE, softmax, embeddings and lm_head stay in full precision.
 """
 
@@ -20,28 +24,56 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lqsearch.models.adapters import ModelAdapter
-from lqsearch.quant.config import QuantConfig
-from lqsearch.quant.quantizers import CLIP_LOGIT_INIT, FakeQuantizer
+from lqsearch.quant.quantizers import FakeQuantizer
+from lqsearch.transforms.transform import Transform
 
 ATTENTION_IMPLEMENTATION = "lqsearch_kv"
 
 
-class ActivationSite(nn.Module):
-    """An activation on its way into quantized linears: quantized per token."""
+class TransformSite(nn.Module):
+    """One site: per candidate a transform and the quantizer of the transformed activation."""
 
-    def __init__(self, quantizer: FakeQuantizer) -> None:
+    def __init__(self, transforms: dict[str, Transform], quantizers: dict[str, FakeQuantizer]) -> None:
         super().__init__()
-        self.quantizer = quantizer
+        if transforms.keys() != quantizers.keys() or not transforms:
+            raise ValueError("a site needs one transform and one quantizer per candidate")
+        self.transforms = nn.ModuleDict(transforms)
+        self.quantizers = nn.ModuleDict(quantizers)
+        self.active = next(iter(transforms))
+
+    @property
+    def candidates(self) -> list[str]:
+        return list(self.transforms.keys())
+
+    @property
+    def transform(self) -> Transform:
+        return self.transforms[self.active]
+
+    @property
+    def quantizer(self) -> FakeQuantizer:
+        return self.quantizers[self.active]
+
+    def transform_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantizer(x)
+        return self.quantizer(self.transform_activation(x))
+
+    def extra_repr(self) -> str:
+        return f"active={self.active!r}"
+
+
+class HeadsSite(TransformSite):
+    """The o_proj input: online only the across-heads factor; the per-head factor was applied to V."""
+
+    def transform_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform.apply_outer(x)
 
 
 class NormWithSite(nn.Module):
-    """A norm followed by the activation site of the linears that read its output."""
+    """A norm followed by the site of the linears that read its output."""
 
-    def __init__(self, norm: nn.Module, site: ActivationSite) -> None:
+    def __init__(self, norm: nn.Module, site: TransformSite) -> None:
         super().__init__()
         self.norm, self.site = norm, site
 
@@ -50,27 +82,57 @@ class NormWithSite(nn.Module):
 
 
 class QuantizedLinear(nn.Module):
-    """A linear whose weight is fake-quantized; optionally its input too."""
+    """A linear whose weight is transformed by the site feeding it, then fake-quantized.
 
-    def __init__(self, linear: nn.Linear, weight_quantizer: FakeQuantizer, input_site: ActivationSite | None = None) -> None:
+    ``weight_site`` (input side) and ``output_site`` (per-head output rows, v_proj only)
+    are referenced, not owned: each site is registered where its activation flows, so
+    parameters and state-dict keys appear once. Both are ``None`` once transforms are fused.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        weight_quantizers: dict[str, FakeQuantizer],
+        weight_site: TransformSite | None,
+        input_site: TransformSite | None = None,
+        output_site: TransformSite | None = None,
+    ) -> None:
         super().__init__()
-        self.linear, self.weight_quantizer, self.input_site = linear, weight_quantizer, input_site
+        self.linear = linear
+        self.weight_quantizers = nn.ModuleDict(weight_quantizers)
+        self.input_site = input_site
+        self.detach_sites(weight_site, output_site)
+
+    def detach_sites(self, weight_site: TransformSite | None = None, output_site: TransformSite | None = None) -> None:
+        object.__setattr__(self, "weight_site", weight_site)
+        object.__setattr__(self, "output_site", output_site)
+
+    @property
+    def weight_quantizer(self) -> FakeQuantizer:
+        key = self.weight_site.active if self.weight_site is not None else next(iter(self.weight_quantizers))
+        return self.weight_quantizers[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_site is not None:
             x = self.input_site(x)
-        return F.linear(x, self.weight_quantizer(self.linear.weight), self.linear.bias)
+        weight, bias = self.linear.weight, self.linear.bias
+        if self.weight_site is not None:
+            weight = self.weight_site.transform.transform_weight(weight)
+        if self.output_site is not None:
+            weight, bias = self.output_site.transform.transform_output(weight, bias)
+        return F.linear(x, self.weight_quantizer(weight), bias)
 
 
 class KVCacheSite(nn.Module):
-    """Quantizes K (after RoPE) and V per token and head; queries stay in full precision."""
+    """Q/K after RoPE through the ``k`` site (inverse on Q, kept in full precision); V quantized."""
 
-    def __init__(self, k_quantizer: FakeQuantizer, v_quantizer: FakeQuantizer) -> None:
+    def __init__(self, k_site: TransformSite, v_quantizer: FakeQuantizer) -> None:
         super().__init__()
-        self.k_quantizer, self.v_quantizer = k_quantizer, v_quantizer
+        self.k_site, self.v_quantizer = k_site, v_quantizer
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return query, self.k_quantizer(key), self.v_quantizer(value)
+        query = self.k_site.transform.transform_weight(query)  # q P^-T, so that (q P^-T)(k P)^T = q k^T
+        return query, self.k_site(key), self.v_quantizer(value)
 
 
 def _kv_site_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs):
@@ -86,34 +148,3 @@ def use_kv_site_attention(model: PreTrainedModel) -> None:
     AttentionInterface.register(ATTENTION_IMPLEMENTATION, _kv_site_attention)
     AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
     model.config._attn_implementation = ATTENTION_IMPLEMENTATION
-
-
-def quantize_model(model: PreTrainedModel, quant: QuantConfig, learnable_clipping: bool = False) -> ModelAdapter:
-    """Wrap every decoder block of ``model`` in place with fake quantizers (RTN when not calibrated).
-
-    ``learnable_clipping`` adds clipping logits initialised to 4.0 (sigmoid ~ 0.98);
-    without it the quantizers use the full range, which is plain RTN.
-    """
-    adapter = ModelAdapter(model)
-    clip_init = CLIP_LOGIT_INIT if learnable_clipping else None
-    denominator = quant.symmetric_denominator
-
-    def activation_site() -> ActivationSite:
-        return ActivationSite(FakeQuantizer(quant.a_bits, quant.a_symmetric, denominator, clip_init=clip_init))
-
-    for block in adapter.blocks:
-        layout = adapter.layout
-        adapter.replace(block, layout.input_norm, NormWithSite(adapter.input_norm(block), activation_site()))
-        adapter.replace(block, layout.post_attention_norm, NormWithSite(adapter.post_attention_norm(block), activation_site()))
-        for role, path in layout.linears.items():
-            linear = adapter.linear(block, role)
-            weight_quantizer = FakeQuantizer(quant.w_bits, quant.w_symmetric, denominator, (linear.out_features, 1), clip_init)
-            input_site = activation_site() if role in ("o", "down") else None
-            adapter.replace(block, path, QuantizedLinear(linear, weight_quantizer, input_site))
-        # The KV cache is asymmetric (DESIGN.md section 3): K and V rows are rarely centred on 0.
-        adapter.attention(block).kv_site = KVCacheSite(
-            FakeQuantizer(quant.k_bits, False, denominator, clip_init=clip_init),
-            FakeQuantizer(quant.v_bits, False, denominator, clip_init=clip_init),
-        )
-    use_kv_site_attention(model)
-    return adapter

@@ -85,6 +85,13 @@ class FakeQuantizer(nn.Module):
         clip = 1.0 if self.clip_logit is None else torch.sigmoid(self.clip_logit).to(x.dtype)
         return fake_quantize(x, self.bits, self.symmetric, clip, self.denominator)
 
+    def freeze(self) -> None:
+        """Turn the learned clipping into a constant: the quantizer then has no trainable state."""
+        if isinstance(self.clip_logit, nn.Parameter):
+            logit = self.clip_logit.detach().clone()
+            del self.clip_logit
+            self.register_buffer("clip_logit", logit)
+
     def extra_repr(self) -> str:
         clip = "none" if self.clip_logit is None else tuple(self.clip_logit.shape)
         return f"bits={self.bits}, symmetric={self.symmetric}, clip={clip}"

@@ -1,0 +1,219 @@
+"""``TransformedBlock``: the six transform sites of one decoder block, grouped into search units.
+
+Sites (FlatQuant's): ``qkv`` (q/k/v input, after the input norm), ``ov`` (V per head,
+fused into v_proj, and o_proj input across heads), ``k`` (Q/K after RoPE: the K cache),
+``upgate`` (gate/up input, after the post-attention norm), ``down`` (down_proj input).
+Units: ``attn`` = qkv, ov, k; ``mlp`` = upgate, down.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from lqsearch.errors import ConfigError
+from lqsearch.models.adapters import LINEAR_ROLES, LinearRole, ModelAdapter
+from lqsearch.models.quantized import HeadsSite, KVCacheSite, NormWithSite, QuantizedLinear, TransformSite, use_kv_site_attention
+from lqsearch.quant.config import QuantConfig
+from lqsearch.quant.quantizers import CLIP_LOGIT_INIT, FakeQuantizer
+from lqsearch.transforms.kronecker import balanced_factor_sizes
+from lqsearch.transforms.transform import TRANSFORM_KINDS, RotationMode, Transform, TransformKind, build_transform
+
+SiteName = Literal["qkv", "ov", "k", "upgate", "down"]
+SITES: tuple[SiteName, ...] = ("qkv", "ov", "k", "upgate", "down")
+UNITS: dict[str, tuple[SiteName, ...]] = {"attn": ("qkv", "ov", "k"), "mlp": ("upgate", "down")}
+SMOOTHED_SITES = ("qkv", "upgate", "down")  # where a per-channel scale can be folded (norms, up_proj)
+WEIGHTS_OF_SITE: dict[SiteName, tuple[LinearRole, ...]] = {
+    "qkv": ("q", "k", "v"),
+    "ov": ("o",),
+    "k": (),
+    "upgate": ("gate", "up"),
+    "down": ("down",),
+}
+
+
+def check_candidates(candidates: Sequence[str]) -> tuple[TransformKind, ...]:
+    if not candidates:
+        raise ConfigError(f"candidates must not be empty: choose from {list(TRANSFORM_KINDS)}")
+    unknown = [c for c in candidates if c not in TRANSFORM_KINDS]
+    if unknown:
+        raise ConfigError(f"unknown candidate(s) {unknown}: choose from {list(TRANSFORM_KINDS)}")
+    if len(set(candidates)) != len(candidates):
+        raise ConfigError(f"candidates {list(candidates)} repeat a kind")
+    return tuple(candidates)  # type: ignore[return-value]
+
+
+class TransformedBlock:
+    """Wraps one decoder block in place; selects a candidate per unit or site; fuses the choice."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        index: int,
+        quant: QuantConfig,
+        candidates: Sequence[str] = ("identity",),
+        rotation: RotationMode = "hadamard",
+        smoothing: bool = True,
+        learnable_clipping: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.adapter, self.index, self.quant = adapter, index, quant
+        self.block = adapter.blocks[index]
+        self.candidates = check_candidates(candidates)
+        self._clip_init = CLIP_LOGIT_INIT if learnable_clipping else None
+        self.sites: dict[SiteName, TransformSite] = {}
+        geometry = {
+            "qkv": balanced_factor_sizes(adapter.hidden_size),
+            "upgate": balanced_factor_sizes(adapter.hidden_size),
+            "down": balanced_factor_sizes(adapter.intermediate_size),
+            "ov": (adapter.num_heads, adapter.head_dim),
+            "k": balanced_factor_sizes(adapter.head_dim),
+        }
+        for name in SITES:
+            generator = torch.Generator().manual_seed(seed + zlib.crc32(f"{index}.{name}".encode()))
+            transforms = {
+                kind: build_transform(kind, geometry[name], generator, rotation, smoothing and name in SMOOTHED_SITES)
+                for kind in self.candidates
+            }
+            bits, symmetric = (quant.k_bits, False) if name == "k" else (quant.a_bits, quant.a_symmetric)
+            site_type = HeadsSite if name == "ov" else TransformSite
+            self.sites[name] = site_type(transforms, self._quantizers(bits, symmetric))
+        self._wrap()
+
+    def _quantizers(self, bits: int, symmetric: bool, rows: int | None = None) -> dict[str, FakeQuantizer]:
+        shape = () if rows is None else (rows, 1)
+        return {
+            kind: FakeQuantizer(bits, symmetric, self.quant.symmetric_denominator, shape, self._clip_init)
+            for kind in self.candidates
+        }
+
+    def _wrap(self) -> None:
+        adapter, block, layout = self.adapter, self.block, self.adapter.layout
+        adapter.replace(block, layout.input_norm, NormWithSite(adapter.input_norm(block), self.sites["qkv"]))
+        adapter.replace(block, layout.post_attention_norm, NormWithSite(adapter.post_attention_norm(block), self.sites["upgate"]))
+        for site_name, roles in WEIGHTS_OF_SITE.items():
+            site = self.sites[site_name]
+            owns_input = site_name in ("ov", "down")
+            for role in roles:
+                linear = adapter.linear(block, role)
+                quantizers = self._quantizers(self.quant.w_bits, self.quant.w_symmetric, linear.out_features)
+                output_site = self.sites["ov"] if role == "v" else None
+                wrapped = QuantizedLinear(linear, quantizers, site, site if owns_input else None, output_site)
+                adapter.replace(block, layout.linears[role], wrapped)
+        # The KV cache is asymmetric per token and head (DESIGN.md section 3); one V quantizer
+        # serves every candidate since V's transform is chosen with the attention unit's ``ov``.
+        v_quantizer = FakeQuantizer(self.quant.v_bits, False, self.quant.symmetric_denominator, (), self._clip_init)
+        adapter.attention(block).kv_site = KVCacheSite(self.sites["k"], v_quantizer)
+
+    def linear(self, role: LinearRole) -> QuantizedLinear:
+        return self.adapter.linear(self.block, role)
+
+    @property
+    def kv_site(self) -> KVCacheSite:
+        return self.adapter.attention(self.block).kv_site
+
+    def quantizers(self) -> Iterator[FakeQuantizer]:
+        return (module for module in self.block.modules() if isinstance(module, FakeQuantizer))
+
+    def select(self, choice: Mapping[str, str]) -> None:
+        """Activate a candidate per unit (``attn``, ``mlp``) and/or per site (``qkv``, ...; sites win)."""
+        for key, kind in choice.items():
+            if key not in UNITS and key not in SITES:
+                raise ConfigError(f"cannot choose for {key!r}: keys are units {list(UNITS)} or sites {list(SITES)}")
+            if kind not in self.candidates:
+                raise ConfigError(f"block {self.index}: {key} cannot use {kind!r}, candidates are {list(self.candidates)}")
+        for unit, sites in UNITS.items():
+            for site in sites:
+                self.sites[site].active = choice.get(site, choice.get(unit, self.sites[site].active))
+
+    def choice(self) -> dict[SiteName, str]:
+        return {name: site.active for name, site in self.sites.items()}
+
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Run the block with its transforms but no quantizer (targets, exactness checks)."""
+        saved = [(q, q.bits) for q in self.quantizers()]
+        for quantizer, _ in saved:
+            quantizer.bits = 16
+        try:
+            yield
+        finally:
+            for quantizer, bits in saved:
+                quantizer.bits = bits
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the active transforms in float64 into weights and norms; keep the rest online.
+
+        Afterwards the block has no trainable state: transforms are fixed matrices and
+        clipping values constants; only the chosen candidate remains.
+        """
+        adapter, block = self.adapter, self.block
+        for name, site in self.sites.items():
+            transform = site.transform
+            for role in WEIGHTS_OF_SITE[name]:
+                _fold_into_columns(self.linear(role).linear, transform.inverse_matrix(torch.float64))
+            if transform.channel_scale is not None:
+                scale = transform.channel_scale.detach().double()
+                if name == "down":  # down's input is act(gate) * up: scale up's rows
+                    _scale_rows(self.linear("up").linear, 1 / scale)
+                else:
+                    norm = adapter.input_norm(block) if name == "qkv" else adapter.post_attention_norm(block)
+                    _scale_vector(norm.norm.weight, 1 / scale)
+        v_proj = self.linear("v").linear  # the per-head factor moves into v_proj's output rows
+        weight, bias = self.sites["ov"].transform.transform_output(v_proj.weight.double(), _double(v_proj.bias))
+        v_proj.weight.copy_(weight.to(v_proj.weight.dtype))
+        if bias is not None:
+            v_proj.bias.copy_(bias.to(v_proj.bias.dtype))
+        for name, site in self.sites.items():
+            _keep_active(site, site.transform.online_part())
+        for role in LINEAR_ROLES:
+            linear = self.linear(role)
+            linear.weight_quantizers = nn.ModuleDict({"fused": linear.weight_quantizer})
+            linear.detach_sites()
+        for quantizer in self.quantizers():
+            quantizer.freeze()
+
+
+def _keep_active(site: TransformSite, online: Transform) -> None:
+    active = site.active
+    site.transforms = nn.ModuleDict({active: online})
+    site.quantizers = nn.ModuleDict({active: site.quantizer})
+
+
+def _fold_into_columns(linear: nn.Linear, inverse: torch.Tensor) -> None:
+    """``W <- W (P^-1 diag(c))^T = (W c) P^-T``, in float64."""
+    linear.weight.copy_((linear.weight.double() @ inverse.T).to(linear.weight.dtype))
+
+
+def _scale_rows(linear: nn.Linear, scale: torch.Tensor) -> None:
+    linear.weight.copy_((linear.weight.double() * scale[:, None]).to(linear.weight.dtype))
+    if linear.bias is not None:
+        _scale_vector(linear.bias, scale)
+
+
+def _scale_vector(vector: torch.Tensor, scale: torch.Tensor) -> None:
+    vector.copy_((vector.double() * scale).to(vector.dtype))
+
+
+def _double(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.double()
+
+
+def transform_model(model: PreTrainedModel, quant: QuantConfig, **block_options) -> list[TransformedBlock]:
+    """Wrap every decoder block of ``model`` in place; ``block_options`` go to ``TransformedBlock``."""
+    adapter = ModelAdapter(model)
+    blocks = [TransformedBlock(adapter, index, quant, **block_options) for index in range(len(adapter.blocks))]
+    use_kv_site_attention(model)
+    return blocks
+
+
+def quantize_model(model: PreTrainedModel, quant: QuantConfig) -> list[TransformedBlock]:
+    """Plain round-to-nearest: identity transforms, no clipping."""
+    return transform_model(model, quant, candidates=("identity",), learnable_clipping=False)
