@@ -101,3 +101,19 @@ def test_bad_choices_and_candidates(tiny_llama) -> None:
         blocks[0].select({"attn": "identity"})
     with pytest.raises(ConfigError, match="cannot choose for 'ffn'"):
         blocks[0].select({"ffn": "affine"})
+
+
+def test_smoothing_initialised_from_calibration_inputs_keeps_the_function(tiny_llama, token_batch) -> None:
+    reference = tiny_llama(token_batch).logits
+    blocks = transform_model(tiny_llama, FULL, candidates=("affine", "rotation"))
+    hidden = tiny_llama.model.embed_tokens(token_batch)
+    rope = tiny_llama.model.rotary_emb(hidden, torch.arange(token_batch.shape[1]).unsqueeze(0))
+    blocks[0].init_smoothing(hidden, alpha=0.3, position_embeddings=rope)
+    norm_out = tiny_llama.model.layers[0].input_layernorm.norm(hidden)
+    weights = torch.cat([blocks[0].linear(r).linear.weight for r in ("q", "k", "v")])
+    expected = norm_out.abs().flatten(0, 1).amax(0).pow(0.3) / weights.abs().amax(0).pow(0.7)
+    torch.testing.assert_close(blocks[0].sites["qkv"].transforms["affine"].channel_scale.detach(), expected)
+    assert blocks[0].sites["qkv"].transforms["rotation"].channel_scale is None
+    assert relative_error(tiny_llama(token_batch).logits, reference) <= 1e-4
+    blocks[0].fuse()
+    assert relative_error(tiny_llama(token_batch).logits, reference) <= 1e-4

@@ -148,6 +148,37 @@ class TransformedBlock:
                 quantizer.bits = bits
 
     @torch.no_grad()
+    def init_smoothing(self, hidden_states: torch.Tensor, alpha: float = 0.3, **block_kwargs) -> None:
+        """SmoothQuant-style initial channel scales of the affine candidates, from calibration inputs.
+
+        Runs the block once on ``hidden_states`` (``block_kwargs``: position embeddings, mask)
+        and records per input channel the largest activation at each smoothed site.
+        """
+        activation_absmax: dict[SiteName, torch.Tensor] = {}
+
+        def record(name: SiteName):
+            def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                absmax = args[0].detach().abs().flatten(0, -2).amax(0).float()
+                previous = activation_absmax.get(name)
+                activation_absmax[name] = absmax if previous is None else torch.maximum(previous, absmax)
+
+            return hook
+
+        handles = [self.sites[name].register_forward_pre_hook(record(name)) for name in SMOOTHED_SITES]
+        try:
+            with self.full_precision():
+                self.block(hidden_states, **block_kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name in SMOOTHED_SITES:
+            weights = torch.cat([self.linear(role).linear.weight for role in WEIGHTS_OF_SITE[name]])
+            weight_absmax = weights.detach().abs().amax(0).float()
+            for transform in self.sites[name].transforms.values():
+                if transform.channel_scale is not None:
+                    transform.init_smoothing(activation_absmax[name], weight_absmax, alpha)
+
+    @torch.no_grad()
     def fuse(self) -> None:
         """Fold the active transforms in float64 into weights and norms; keep the rest online.
 
