@@ -47,8 +47,8 @@ def test_key_is_quantized_after_rope(tiny_llama, token_batch) -> None:
     # Capture what reaches the K quantizer: it must equal RoPE(k_proj(norm(x))), the post-RoPE key.
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    adapter = quantize_model(tiny_llama, QuantConfig.parse("w16a16k4v16"))[0].adapter
-    attention = adapter.attention(adapter.blocks[0])
+    block = quantize_model(tiny_llama, QuantConfig.parse("w16a16k4v16"))[0]
+    adapter, attention = block.adapter, block.attention
     seen, captured = {}, {}
     attention.kv_site.k_site.quantizer.register_forward_hook(lambda m, args, out: seen.setdefault("key", args[0]))
     attention.register_forward_hook(lambda m, args, kwargs, out: captured.update(kwargs), with_kwargs=True)

@@ -1,8 +1,9 @@
 """Transformed, fake-quantized decoder blocks, built by wrapping Hugging Face modules in place.
 
 Wrappers, per decoder block:
-- ``NormWithSite`` around both norms: their output is the activation that q/k/v (gate/up)
-  read, so it is transformed and quantized once there (sites ``qkv`` and ``upgate``);
+- ``UnitWithSite`` around the attention and the MLP: their input (the norm output) is the
+  activation that q/k/v (gate/up) read, so it is transformed and quantized once there
+  (sites ``qkv`` and ``upgate``). During a search it also mixes the unit's candidates;
 - ``QuantizedLinear`` in place of every linear: its weight gets the inverse-transpose of
   the transform that feeds it, then per-channel quantization; o_proj and down_proj also
   own the site of their input (``ov``: across heads; ``down``);
@@ -16,6 +17,8 @@ Norms, RoPE, softmax, embeddings and lm_head stay in full precision.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,15 +73,41 @@ class HeadsSite(TransformSite):
         return self.transform.apply_outer(x)
 
 
-class NormWithSite(nn.Module):
-    """A norm followed by the site of the linears that read its output."""
+MixingWeights = Callable[[], torch.Tensor]  # one weight per candidate, in the sites' candidate order
 
-    def __init__(self, norm: nn.Module, site: TransformSite) -> None:
+
+class UnitWithSite(nn.Module):
+    """A sub-block (attention or MLP) whose input first goes through its site.
+
+    With ``mixing`` set, the output is ``sum_c w_c * unit_c(x)`` over the candidates with a
+    non-zero weight, ``unit_c`` running every site of the unit (``unit_sites``, referenced,
+    not owned) with candidate c: the Gumbel-softmax mixture of the search. One-hot weights
+    with a straight-through gradient run a single candidate (hard search).
+    """
+
+    def __init__(self, inner: nn.Module, input_site: TransformSite, unit_sites: Sequence[TransformSite]) -> None:
         super().__init__()
-        self.norm, self.site = norm, site
+        self.inner, self.input_site = inner, input_site
+        object.__setattr__(self, "unit_sites", tuple(unit_sites))
+        self.mixing: MixingWeights | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.site(self.norm(x))
+    def _run(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return self.inner(self.input_site(hidden_states), *args, **kwargs)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        if self.mixing is None:
+            return self._run(hidden_states, *args, **kwargs)
+        weights = self.mixing()
+        mixed, rest = None, ()
+        for candidate, weight, used in zip(self.input_site.candidates, weights, (weights != 0).tolist()):
+            if not used:  # hard search: only the sampled candidate runs
+                continue
+            for site in self.unit_sites:
+                site.active = candidate
+            output = self._run(hidden_states, *args, **kwargs)
+            output, rest = (output[0], output[1:]) if isinstance(output, tuple) else (output, ())
+            mixed = weight * output if mixed is None else mixed + weight * output
+        return (mixed, *rest) if rest else mixed
 
 
 class QuantizedLinear(nn.Module):

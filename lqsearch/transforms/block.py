@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from lqsearch.errors import ConfigError
 from lqsearch.models.adapters import LINEAR_ROLES, LinearRole, ModelAdapter
-from lqsearch.models.quantized import HeadsSite, KVCacheSite, NormWithSite, QuantizedLinear, TransformSite, use_kv_site_attention
+from lqsearch.models.quantized import HeadsSite, KVCacheSite, MixingWeights, QuantizedLinear, TransformSite, UnitWithSite, use_kv_site_attention
 from lqsearch.quant.config import QuantConfig
 from lqsearch.quant.quantizers import CLIP_LOGIT_INIT, FakeQuantizer
 from lqsearch.transforms.kronecker import balanced_factor_sizes
@@ -95,8 +95,11 @@ class TransformedBlock:
 
     def _wrap(self) -> None:
         adapter, block, layout = self.adapter, self.block, self.adapter.layout
-        adapter.replace(block, layout.input_norm, NormWithSite(adapter.input_norm(block), self.sites["qkv"]))
-        adapter.replace(block, layout.post_attention_norm, NormWithSite(adapter.post_attention_norm(block), self.sites["upgate"]))
+        # Keep direct references: once wrapped, the layout's attribute paths no longer reach them.
+        self.input_norm = adapter.input_norm(block)
+        self.post_attention_norm = adapter.post_attention_norm(block)
+        self.attention = adapter.attention(block)
+        self.linears: dict[LinearRole, QuantizedLinear] = {}
         for site_name, roles in WEIGHTS_OF_SITE.items():
             site = self.sites[site_name]
             owns_input = site_name in ("ov", "down")
@@ -104,19 +107,25 @@ class TransformedBlock:
                 linear = adapter.linear(block, role)
                 quantizers = self._quantizers(self.quant.w_bits, self.quant.w_symmetric, linear.out_features)
                 output_site = self.sites["ov"] if role == "v" else None
-                wrapped = QuantizedLinear(linear, quantizers, site, site if owns_input else None, output_site)
-                adapter.replace(block, layout.linears[role], wrapped)
+                self.linears[role] = QuantizedLinear(linear, quantizers, site, site if owns_input else None, output_site)
+                adapter.replace(block, layout.linears[role], self.linears[role])
         # The KV cache is asymmetric per token and head (DESIGN.md section 3); one V quantizer
         # serves every candidate since V's transform is chosen with the attention unit's ``ov``.
         v_quantizer = FakeQuantizer(self.quant.v_bits, False, self.quant.symmetric_denominator, (), self._clip_init)
-        adapter.attention(block).kv_site = KVCacheSite(self.sites["k"], v_quantizer)
+        self.kv_site = KVCacheSite(self.sites["k"], v_quantizer)
+        self.attention.kv_site = self.kv_site
+        self.units: dict[str, UnitWithSite] = {}
+        for unit, path, input_site in (("attn", layout.attention, "qkv"), ("mlp", layout.mlp, "upgate")):
+            sites = [self.sites[name] for name in UNITS[unit]]
+            self.units[unit] = UnitWithSite(block.get_submodule(path), self.sites[input_site], sites)
+            adapter.replace(block, path, self.units[unit])
 
     def linear(self, role: LinearRole) -> QuantizedLinear:
-        return self.adapter.linear(self.block, role)
+        return self.linears[role]
 
-    @property
-    def kv_site(self) -> KVCacheSite:
-        return self.adapter.attention(self.block).kv_site
+    def mix(self, unit: str, weights: MixingWeights | None) -> None:
+        """Let ``unit`` mix its candidates with ``weights()`` at every forward (``None``: the active one only)."""
+        self.units[unit].mixing = weights
 
     def quantizers(self) -> Iterator[FakeQuantizer]:
         return (module for module in self.block.modules() if isinstance(module, FakeQuantizer))
@@ -185,7 +194,8 @@ class TransformedBlock:
         Afterwards the block has no trainable state: transforms are fixed matrices and
         clipping values constants; only the chosen candidate remains.
         """
-        adapter, block = self.adapter, self.block
+        for unit in self.units:
+            self.mix(unit, None)
         for name, site in self.sites.items():
             transform = site.transform
             for role in WEIGHTS_OF_SITE[name]:
@@ -195,8 +205,8 @@ class TransformedBlock:
                 if name == "down":  # down's input is act(gate) * up: scale up's rows
                     _scale_rows(self.linear("up").linear, 1 / scale)
                 else:
-                    norm = adapter.input_norm(block) if name == "qkv" else adapter.post_attention_norm(block)
-                    _scale_vector(norm.norm.weight, 1 / scale)
+                    norm = self.input_norm if name == "qkv" else self.post_attention_norm
+                    _scale_vector(norm.weight, 1 / scale)
         v_proj = self.linear("v").linear  # the per-head factor moves into v_proj's output rows
         weight, bias = self.sites["ov"].transform.transform_output(v_proj.weight.double(), _double(v_proj.bias))
         v_proj.weight.copy_(weight.to(v_proj.weight.dtype))
