@@ -23,10 +23,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration" tests
 
-# Full precision, then RTN W4A4KV4, on 32 fixed windows of the embedded text (about 2 minutes on 2 cores).
+# The search on the embedded SmolLM2-135M and Wikipedia text; ends with the choices and FP / RTN / searched perplexity.
 demo: $(STAMP)
-	$(BIN)/lqsearch ppl --model smollm2-135m --corpus enwiki-sample --quant w16a16kv16 --seqlen 512 --max-windows 32
-	$(BIN)/lqsearch ppl --model smollm2-135m --corpus enwiki-sample --quant w4a4kv4 --seqlen 512 --max-windows 32
+	$(BIN)/lqsearch fit --config configs/smollm2-135m/demo.yaml
 
 clean:
 	rm -rf $(VENV)

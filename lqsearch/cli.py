@@ -1,5 +1,7 @@
 """``lqsearch`` command line.
 
+``lqsearch fit --config configs/<model>/<recipe>.yaml``: the search (a LightningCLI run).
+``lqsearch validate --config ... --ckpt_path <run>/checkpoints/last.ckpt``: perplexity of a run.
 ``lqsearch ppl``: perplexity of a model, optionally fake-quantized with round-to-nearest,
 with an uncalibrated transform (identity or a fixed rotation) at every site.
 """
@@ -11,13 +13,15 @@ import logging
 import sys
 
 import torch
+from lightning.pytorch.cli import LightningCLI
 
-from lqsearch.data import evaluation_windows, load_text, tokenize
+from lqsearch.data import CalibrationDataModule, evaluation_windows, load_text, tokenize
 from lqsearch.errors import ConfigError
 from lqsearch.eval import perplexity
 from lqsearch.models import load_model
 from lqsearch.transforms import transform_model
 from lqsearch.quant import QuantConfig
+from lqsearch.search import TransformSearch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,14 +62,39 @@ def _run_ppl(args: argparse.Namespace) -> None:
     print(f"tokens/s: {result.tokens_per_second:.1f}")
 
 
+class SearchCLI(LightningCLI):
+    """LightningCLI of ``TransformSearch`` and ``CalibrationDataModule``; hands the tokenizer over."""
+
+    def before_fit(self) -> None:
+        self.datamodule.connect(self.model.tokenizer)
+
+    def before_validate(self) -> None:
+        self.datamodule.connect(self.model.tokenizer)
+
+
+def run_lightning(argv: list[str] | None) -> None:
+    SearchCLI(
+        TransformSearch,
+        CalibrationDataModule,
+        # The module ends the fit after its last block; one epoch per block phase otherwise.
+        trainer_defaults={"max_epochs": -1, "num_sanity_val_steps": 0},
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="lqsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(required=True, metavar="command")
-    _ppl_parser(subparsers)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args.run(args)
+        if argv[:1] == ["ppl"]:
+            parser = argparse.ArgumentParser(prog="lqsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+            subparsers = parser.add_subparsers(required=True, metavar="command")
+            _ppl_parser(subparsers)
+            args = parser.parse_args(argv)
+            args.run(args)
+        else:
+            run_lightning(argv)
     except ConfigError as err:
         print(f"lqsearch: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

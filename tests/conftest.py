@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 TINY = dict(
     vocab_size=128,
@@ -57,3 +60,25 @@ def smollm2():
     from lqsearch.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """A tiny LLaMA saved as a local Hugging Face folder, with a word-level tokenizer of words w1..w127."""
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, 128)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    """A text of 3000 words from the tiny tokenizer's vocabulary."""
+    generator = torch.Generator().manual_seed(5)
+    words = torch.randint(1, 128, (3000,), generator=generator).tolist()
+    path = tmp_path / "corpus.txt"
+    path.write_text(" ".join(f"w{w}" for w in words))
+    return path

@@ -2,22 +2,9 @@ import re
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, PreTrainedTokenizerFast
+from transformers import GPT2Config
 
 from lqsearch.cli import main
-from tests.conftest import tiny_model
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(folder)
-    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, 128)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(folder)
-    return folder
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:

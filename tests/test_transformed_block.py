@@ -108,7 +108,7 @@ def test_smoothing_initialised_from_calibration_inputs_keeps_the_function(tiny_l
     blocks = transform_model(tiny_llama, FULL, candidates=("affine", "rotation"))
     hidden = tiny_llama.model.embed_tokens(token_batch)
     rope = tiny_llama.model.rotary_emb(hidden, torch.arange(token_batch.shape[1]).unsqueeze(0))
-    blocks[0].init_smoothing(hidden, alpha=0.3, position_embeddings=rope)
+    blocks[0].init_smoothing([hidden[:1], hidden[1:]], alpha=0.3, position_embeddings=rope)
     norm_out = tiny_llama.model.layers[0].input_layernorm(hidden)
     weights = torch.cat([blocks[0].linear(r).linear.weight for r in ("q", "k", "v")])
     expected = norm_out.abs().flatten(0, 1).amax(0).pow(0.3) / weights.abs().amax(0).pow(0.7)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -25,6 +26,8 @@ class DecoderLayout:
     """Attribute paths of one decoder family, relative to the causal-LM model or a block."""
 
     blocks: str = "model.layers"
+    embeddings: str = "model.embed_tokens"
+    rotary: str = "model.rotary_emb"
     attention: str = "self_attn"
     mlp: str = "mlp"
     input_norm: str = "input_layernorm"
@@ -86,6 +89,15 @@ class ModelAdapter:
     @property
     def intermediate_size(self) -> int:
         return self.config.intermediate_size
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_submodule(self.layout.embeddings)(input_ids)
+
+    def position_embeddings(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE ``(cos, sin)`` for positions ``0 .. seqlen-1`` of ``hidden_states``, on its device."""
+        rotary = self.model.get_submodule(self.layout.rotary)
+        positions = torch.arange(hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
+        return rotary.to(hidden_states.device)(hidden_states, positions)
 
     def attention(self, block: nn.Module) -> nn.Module:
         return block.get_submodule(self.layout.attention)

@@ -19,6 +19,7 @@ Norms, RoPE, softmax, embeddings and lm_head stay in full precision.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lqsearch.quant.quantizers import FakeQuantizer
-from lqsearch.transforms.transform import Transform
+
+if TYPE_CHECKING:  # transforms/ builds on these wrappers; only the type is needed here
+    from lqsearch.transforms.transform import Transform
 
 ATTENTION_IMPLEMENTATION = "lqsearch_kv"
 

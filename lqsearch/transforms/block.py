@@ -9,7 +9,7 @@ Units: ``attn`` = qkv, ov, k; ``mlp`` = upgate, down.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -130,6 +130,35 @@ class TransformedBlock:
     def quantizers(self) -> Iterator[FakeQuantizer]:
         return (module for module in self.block.modules() if isinstance(module, FakeQuantizer))
 
+    def _learnable(self) -> nn.ModuleDict:
+        """Everything calibration learns, under stable names (transforms and clipping of every candidate)."""
+        return nn.ModuleDict(
+            {
+                "sites": nn.ModuleDict(self.sites),
+                "weights": nn.ModuleDict({role: linear.weight_quantizers for role, linear in self.linears.items()}),
+                "v_cache": self.kv_site.v_quantizer,
+            }
+        )
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The learned state (before fusion), for checkpoints and safetensors files."""
+        return {name: tensor.detach().clone() for name, tensor in self._learnable().state_dict().items()}
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._learnable().load_state_dict(state)
+
+    def parameter_groups(self, only_active: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``(transform parameters, clipping parameters)`` of every candidate, or of the active ones."""
+        def keys(site: TransformSite) -> list[str]:
+            return [site.active] if only_active else site.candidates
+
+        transforms = [p for site in self.sites.values() for k in keys(site) for p in site.transforms[k].parameters()]
+        quantizers = [site.quantizers[k] for site in self.sites.values() for k in keys(site)]
+        quantizers += [linear.weight_quantizers[k] for linear in self.linears.values() for k in keys(linear.weight_site)]
+        quantizers.append(self.kv_site.v_quantizer)
+        clipping = [q.clip_logit for q in quantizers if isinstance(q.clip_logit, nn.Parameter) and q.enabled]
+        return [p for p in transforms if p.requires_grad], clipping
+
     def select(self, choice: Mapping[str, str]) -> None:
         """Activate a candidate per unit (``attn``, ``mlp``) and/or per site (``qkv``, ...; sites win)."""
         for key, kind in choice.items():
@@ -157,10 +186,10 @@ class TransformedBlock:
                 quantizer.bits = bits
 
     @torch.no_grad()
-    def init_smoothing(self, hidden_states: torch.Tensor, alpha: float = 0.3, **block_kwargs) -> None:
+    def init_smoothing(self, batches: Iterable[torch.Tensor], alpha: float = 0.3, **block_kwargs) -> None:
         """SmoothQuant-style initial channel scales of the affine candidates, from calibration inputs.
 
-        Runs the block once on ``hidden_states`` (``block_kwargs``: position embeddings, mask)
+        Runs the block on each batch of hidden states (``block_kwargs``: position embeddings)
         and records per input channel the largest activation at each smoothed site.
         """
         activation_absmax: dict[SiteName, torch.Tensor] = {}
@@ -176,7 +205,8 @@ class TransformedBlock:
         handles = [self.sites[name].register_forward_pre_hook(record(name)) for name in SMOOTHED_SITES]
         try:
             with self.full_precision():
-                self.block(hidden_states, **block_kwargs)
+                for hidden_states in batches:
+                    self.block(hidden_states, **block_kwargs)
         finally:
             for handle in handles:
                 handle.remove()

@@ -1,0 +1,7 @@
+"""Callbacks of a search run, one concern each."""
+
+from lqsearch.callbacks.artifacts import SearchArtifacts
+from lqsearch.callbacks.report import SearchReport
+from lqsearch.callbacks.tensorboard import PiHeatmap
+
+__all__ = ["SearchArtifacts", "SearchReport", "PiHeatmap"]

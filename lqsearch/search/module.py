@@ -1,0 +1,416 @@
+"""``TransformSearch``: block-by-block calibration with a Gumbel-softmax choice of transform per unit.
+
+One ``trainer.fit`` covers every block: the epoch index maps to (block, phase) through
+``BlockSchedule``. Per block:
+1. inputs of the rank's samples are cached (embeddings for block 0, then the previous
+   block's outputs: full precision with ``propagate: fp``, quantized with ``quant``);
+   targets are the full-precision outputs of the unwrapped block, computed once;
+2. the block is wrapped (``TransformedBlock``) and only it moves to the accelerator;
+3. ``search`` epochs: each unit mixes its candidates with Gumbel-softmax weights over the
+   architecture logits alpha (``soft``), or runs one sampled candidate with a
+   straight-through gradient (``hard``); then the argmax per unit is kept;
+4. ``finetune`` epochs: the chosen transforms alone;
+5. the block is fused (float64) and its learned state kept for the checkpoint.
+A finished block survives in the Lightning checkpoint as its choice and learned state; a
+resumed run rebuilds the caches by replaying finished blocks, identically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torchmetrics.text import Perplexity
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lqsearch.errors import ConfigError
+from lqsearch.models.adapters import ModelAdapter
+from lqsearch.models.loading import load_model
+from lqsearch.models.quantized import use_kv_site_attention
+from lqsearch.policy.kurtosis import pearson_kurtosis
+from lqsearch.quant.config import QuantConfig
+from lqsearch.search.gates import ArchitectureGates, TauSchedule, temperature
+from lqsearch.search.schedule import BlockSchedule
+from lqsearch.transforms.block import UNITS, WEIGHTS_OF_SITE, TransformedBlock, check_candidates
+from lqsearch.transforms.transform import RotationMode
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class SourceModel:
+    """The Hugging Face model being quantized. Deliberately not an ``nn.Module`` attribute of the
+    LightningModule: Lightning must neither move nor checkpoint its billions of weights; the
+    search moves one block at a time and checkpoints only what it learned."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: ModelAdapter
+
+
+class TransformSearch(L.LightningModule):
+    """Calibrates transforms block by block, choosing the transform type of each unit.
+
+    Args:
+        model: embedded name (``smollm2-135m``), local folder, ``.gguf`` file or hub id.
+        quant: bit-widths, e.g. ``w4a4kv4``, ``w3a3k2v2``.
+        candidates: transform kinds to choose from (``affine``, ``rotation``, ``identity``);
+            one kind = a fixed-type calibration (``affine`` is FlatQuant's recipe).
+        rotation: ``hadamard`` (fixed) or ``learned`` rotation candidates.
+        smoothing: per-channel SmoothQuant scales in the affine candidates.
+        smoothing_alpha: SmoothQuant migration strength of their initialisation.
+        learnable_clipping: learn weight (per row) and activation (per quantizer) clipping.
+        search_epochs: epochs of the mixture per block (ignored with one candidate).
+        finetune_epochs: epochs of the chosen transforms alone per block.
+        mode: ``soft`` mixes every candidate's output; ``hard`` runs one sampled candidate.
+        tau_start: Gumbel-softmax temperature at the start of each block's search.
+        tau_end: temperature at its end (at most ``tau_start``).
+        tau_schedule: ``exponential`` or ``linear`` annealing.
+        lr: AdamW learning rate of the transforms.
+        clip_lr_scale: learning rate of the clipping logits, as a multiple of ``lr``.
+        alpha_lr: learning rate of the architecture logits.
+        weight_decay: AdamW weight decay of transforms and clipping (not of alpha).
+        min_lr_ratio: the cosine schedule ends at ``min_lr_ratio * lr``.
+        propagate: next block's inputs are the ``fp`` or the ``quant`` outputs of this block.
+        cache_device: where cached block inputs and targets live (``cpu`` saves accelerator memory).
+        dtype: dtype the model is loaded in.
+        symmetric_denominator: ``qmax`` or ``qmax+0.5`` (symmetric scale divisor).
+        seed: seed of the random rotations and the Gumbel noise.
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        quant: str = "w4a4kv4",
+        candidates: list[str] | None = None,
+        rotation: RotationMode = "hadamard",
+        smoothing: bool = True,
+        smoothing_alpha: float = 0.3,
+        learnable_clipping: bool = True,
+        search_epochs: int = 2,
+        finetune_epochs: int = 1,
+        mode: Literal["soft", "hard"] = "soft",
+        tau_start: float = 1.0,
+        tau_end: float = 0.1,
+        tau_schedule: TauSchedule = "exponential",
+        lr: float = 5e-3,
+        clip_lr_scale: float = 10.0,
+        alpha_lr: float = 5e-2,
+        weight_decay: float = 0.0,
+        min_lr_ratio: float = 1e-3,
+        propagate: Literal["fp", "quant"] = "fp",
+        cache_device: str = "cpu",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        symmetric_denominator: Literal["qmax", "qmax+0.5"] = "qmax",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        candidates = ["affine", "rotation"] if candidates is None else candidates
+        self.candidates = check_candidates(candidates)
+        self.quant = QuantConfig.parse(quant, symmetric_denominator=symmetric_denominator)
+        if not 0 < tau_end <= tau_start:
+            raise ConfigError(f"need 0 < tau_end <= tau_start, got tau_start={tau_start}, tau_end={tau_end}")
+        if search_epochs < 0 or finetune_epochs < 0:
+            raise ConfigError(f"epochs cannot be negative: search_epochs={search_epochs}, finetune_epochs={finetune_epochs}")
+        for name, value in (("lr", lr), ("alpha_lr", alpha_lr), ("clip_lr_scale", clip_lr_scale)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        model_, tokenizer = load_model(model, DTYPES[dtype])
+        model_.requires_grad_(False)
+        self.source = SourceModel(model_, tokenizer, ModelAdapter(model_))
+        use_kv_site_attention(model_)
+        num_blocks = len(self.source.adapter.blocks)
+        search = search_epochs if len(self.candidates) > 1 else 0
+        self.schedule = BlockSchedule(num_blocks, search, finetune_epochs)
+        self.gates = ArchitectureGates(num_blocks, tuple(UNITS), self.candidates, seed)
+        self.finished: list[dict[str, Any]] = []  # per finished block: choice, statistics, learned state
+        self.blocks: dict[int, TransformedBlock] = {}
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._targets: dict[int, torch.Tensor] = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._mixing: dict[str, torch.Tensor] = {}
+        self._candidate_loss: dict[str, float] = {}
+        self._tau = tau_start
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.source.tokenizer
+
+    @property
+    def num_blocks(self) -> int:
+        return self.schedule.num_blocks
+
+    def configure_optimizers(self) -> None:
+        return None  # one AdamW per block and phase, built when the phase starts
+
+    def configure_callbacks(self) -> list[Callback]:
+        from lqsearch.callbacks.artifacts import SearchArtifacts
+
+        # A checkpoint at the end of every block (`fit --ckpt_path last` resumes at the next one),
+        # and the run's outputs: both follow the block schedule, so the module owns them.
+        checkpoint = ModelCheckpoint(
+            dirpath=f"{self.trainer.default_root_dir}/checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_epochs=self.schedule.epochs_per_block,
+            save_on_train_epoch_end=True,
+        )
+        return [checkpoint, SearchArtifacts()]
+
+    def _block_kwargs(self, hidden_states: torch.Tensor) -> dict[str, Any]:
+        return {"position_embeddings": self.source.adapter.position_embeddings(hidden_states)}
+
+    def _batches(self, cache: dict[int, torch.Tensor]):
+        """Cached tensors in a fixed order and grouping, so replays compute identically."""
+        indices = sorted(cache)
+        size = self.trainer.datamodule.hparams.batch_size if self.trainer.datamodule is not None else 4
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            yield chunk, torch.stack([cache[i] for i in chunk]).to(self.device)
+
+    @torch.no_grad()
+    def _propagate(self, block: nn.Module, cache: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        block.to(self.device)
+        outputs = {}
+        for chunk, hidden in self._batches(cache):
+            out = block(hidden, **self._block_kwargs(hidden))
+            out = out[0] if isinstance(out, tuple) else out
+            outputs.update(zip(chunk, out.to(self.hparams.cache_device)))
+        return outputs
+
+    @torch.no_grad()
+    def _embed_rank_samples(self) -> dict[int, torch.Tensor]:
+        cache = {}
+        for batch in self.trainer.train_dataloader:
+            hidden = self.source.adapter.embed(batch["input_ids"])
+            cache.update(zip(batch["index"].tolist(), hidden.to(self.hparams.cache_device)))
+        return cache
+
+    def _wrap(self, index: int) -> TransformedBlock:
+        hp = self.hparams
+        block = TransformedBlock(
+            self.source.adapter, index, self.quant, self.candidates, hp.rotation, hp.smoothing, hp.learnable_clipping, hp.seed
+        )
+        block.block.to(self.device)
+        self.blocks[index] = block
+        return block
+
+    def _rebuild(self, record: dict[str, Any]) -> TransformedBlock:
+        """A finished block from its record: wrapped, learned state loaded, choice selected, fused."""
+        block = self._wrap(record["block"])
+        block.load_trainable_state(record["state"])
+        block.select(record["choice"])
+        block.fuse()
+        return block
+
+    def _restore_finished(self) -> None:
+        """Replay finished blocks (after a resume): the input cache of the next block, identically."""
+        self._inputs = self._embed_rank_samples()
+        for record in self.finished:
+            fp_block = self.source.adapter.blocks[record["block"]]
+            fp_outputs = self._propagate(fp_block, self._inputs) if self.hparams.propagate == "fp" else None
+            block = self._rebuild(record)
+            self._inputs = fp_outputs if fp_outputs is not None else self._propagate(block.block, self._inputs)
+            block.block.to("cpu")
+
+    def quantized_model(self) -> PreTrainedModel:
+        """The model with every finished block quantized and fused (the rest in full precision)."""
+        for record in self.finished:
+            if record["block"] not in self.blocks:
+                self._rebuild(record).block.to("cpu")
+        return self.source.model
+
+    # ------------------------------------------------------------------ phases
+    def _start_block(self, index: int) -> None:
+        if not self._inputs:
+            self._restore_finished()
+        self._targets = self._propagate(self.source.adapter.blocks[index], self._inputs)  # before wrapping: exact FP
+        block = self._wrap(index)
+        if self.hparams.smoothing and "affine" in self.candidates:
+            sample = next(iter(self._inputs.values()))[None].to(self.device)
+            batches = (hidden for _, hidden in self._batches(self._inputs))
+            block.init_smoothing(batches, self.hparams.smoothing_alpha, **self._block_kwargs(sample))
+
+    def _start_phase(self, phase: str, epochs: int) -> None:
+        block = self.blocks[self.current_block]
+        hp = self.hparams
+        transforms, clipping = block.parameter_groups(only_active=phase == "finetune")
+        groups = [
+            {"params": transforms, "lr": hp.lr, "weight_decay": hp.weight_decay},
+            {"params": clipping, "lr": hp.lr * hp.clip_lr_scale, "weight_decay": hp.weight_decay},
+        ]
+        if phase == "search":
+            groups.append({"params": [self.gates.alpha], "lr": hp.alpha_lr, "weight_decay": 0.0})
+            for unit in UNITS:
+                block.mix(unit, lambda unit=unit: self._mixing[unit])
+        groups = [g for g in groups if g["params"]]
+        self._optimizer = torch.optim.AdamW(groups) if groups else None
+        self._scheduler = None
+        if self._optimizer is not None:
+            steps = max(epochs * self.trainer.num_training_batches, 1)
+
+            def cosine(step: int) -> float:  # from 1 to min_lr_ratio, as a factor of each group's lr
+                return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+            self._scheduler = torch.optim.lr_scheduler.LambdaLR(self._optimizer, cosine)
+
+    @torch.no_grad()
+    def _block_loss(self, block: TransformedBlock) -> float:
+        total, count = 0.0, 0
+        for chunk, hidden in self._batches(self._inputs):
+            target = torch.stack([self._targets[i] for i in chunk]).to(self.device)
+            out = block.block(hidden, **self._block_kwargs(hidden))
+            out = out[0] if isinstance(out, tuple) else out
+            total += F.mse_loss(out.float(), target.float(), reduction="sum").item()
+            count += target.numel()
+        return total / count
+
+    def _end_search(self) -> None:
+        block = self.blocks[self.current_block]
+        for unit in UNITS:
+            block.mix(unit, None)
+        self._candidate_loss = {}
+        for candidate in self.candidates:  # each type alone, as searched so far: how much the choice matters
+            block.select({unit: candidate for unit in UNITS})
+            self._candidate_loss[candidate] = self._block_loss(block)
+        block.select(self.gates.argmax(self.current_block))
+
+    def _finish_block(self) -> None:
+        index = self.current_block
+        block = self.blocks[index]
+        choice = self.gates.argmax(index) if len(self.candidates) > 1 else {unit: self.candidates[0] for unit in UNITS}
+        block.select(choice)
+        final_loss = self._block_loss(block)
+        linears = block.linears
+        record = {
+            "block": index,
+            "choice": choice,
+            "pi": {u: dict(zip(self.candidates, p.tolist())) for u, p in self.gates.probabilities(index).items()},
+            "candidate_loss": dict(self._candidate_loss),
+            "final_loss": final_loss,
+            "kurtosis": {
+                unit: pearson_kurtosis(linears[r].linear.weight for r in WEIGHTS_OF_SITE[UNITS[unit][0]]) for unit in UNITS
+            },
+            "state": {k: v.cpu() for k, v in block.trainable_state().items()},
+        }
+        self.log(f"final_loss/block_{index:02d}", final_loss)
+        block.fuse()
+        if self.hparams.propagate == "fp":
+            self._inputs = self._targets
+        else:
+            self._inputs = self._propagate(block.block, self._inputs)
+        self._targets = {}
+        block.block.to("cpu")
+        self.finished.append(record)
+        self._candidate_loss = {}
+        if index == self.num_blocks - 1:
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def current_block(self) -> int:
+        return self.schedule.block(self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch
+        if self.schedule.block(epoch) >= self.num_blocks:
+            raise RuntimeError(f"epoch {epoch} is past the last block: every block is calibrated")
+        if self.schedule.starts_block(epoch):
+            self._start_block(self.current_block)
+        phase, within, epochs = self.schedule.phase(epoch)
+        if within == 0 and phase != "none":
+            self._start_phase(phase, epochs)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        phase, within, epochs = self.schedule.phase(self.current_epoch)
+        if phase == "none" or self._optimizer is None:
+            return None
+        index, hp = self.current_block, self.hparams
+        if phase == "search":
+            steps = epochs * self.trainer.num_training_batches
+            step = within * self.trainer.num_training_batches + batch_idx
+            self._tau = temperature(step / max(steps - 1, 1), hp.tau_start, hp.tau_end, hp.tau_schedule)
+            self._mixing = self.gates.sample(index, step, self._tau, hard=hp.mode == "hard")
+        hidden = torch.stack([self._inputs[i] for i in batch["index"].tolist()]).to(self.device)
+        target = torch.stack([self._targets[i] for i in batch["index"].tolist()]).to(self.device)
+        out = self.blocks[index].block(hidden, **self._block_kwargs(hidden))
+        out = out[0] if isinstance(out, tuple) else out
+        mse = F.mse_loss(out.float(), target.float())
+        self._optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(mse / mse.detach())  # loss normalised by its own value (FlatQuant)
+        self._optimizer.step()
+        self._scheduler.step()
+        self.log(f"loss/block_{index:02d}", mse, prog_bar=True)
+        if phase == "search":
+            self.log("tau", self._tau)
+            for unit, probs in self.gates.probabilities(index).items():
+                for candidate, p in zip(self.candidates, probs.tolist()):
+                    self.log(f"pi/block_{index:02d}/{unit}/{candidate}", p)
+        return mse
+
+    def on_train_epoch_end(self) -> None:
+        if self.schedule.ends_search(self.current_epoch):
+            self._end_search()
+        if self.schedule.ends_block(self.current_epoch):
+            self._finish_block()
+
+    def on_validation_start(self) -> None:
+        self.quantized_model().to(self.device)
+        self._perplexity = Perplexity().to(self.device)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        logits = self.source.model(batch, use_cache=False).logits
+        self._perplexity.update(logits[:, :-1].float(), batch[:, 1:])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("perplexity", self._perplexity.compute(), sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lqsearch_finished"] = self.finished
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        finished = checkpoint.get("lqsearch_finished")
+        if finished is None:
+            raise ConfigError("checkpoint has no lqsearch search state: resume from a checkpoint written by `lqsearch fit`")
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("model", "quant", "candidates", "rotation"):
+            if key in saved and saved[key] != self.hparams[key]:
+                raise ConfigError(f"checkpoint was made with {key}={saved[key]!r}, this run has {self.hparams[key]!r}: resume with the same settings")
+        if len(finished) > self.num_blocks:
+            raise ConfigError(f"checkpoint has {len(finished)} finished blocks but the model has {self.num_blocks}: it comes from another model")
+        self.finished = finished
+        self._inputs = {}
+
+
+def finished_choices(module: TransformSearch) -> dict[str, Any]:
+    """The ``choices.json`` document: run settings and, per finished block and unit, the choice made."""
+    return {
+        "model": module.hparams.model,
+        "quant": module.quant.spec,
+        "candidates": list(module.candidates),
+        "mode": module.hparams.mode,
+        "blocks": [
+            {
+                "block": r["block"],
+                "final_loss": r["final_loss"],
+                "candidate_loss": r["candidate_loss"],
+                "units": {
+                    unit: {"choice": r["choice"][unit], "pi": r["pi"][unit], "kurtosis": r["kurtosis"][unit]} for unit in UNITS
+                },
+            }
+            for r in module.finished
+        ],
+    }
+
+
+__all__ = ["TransformSearch", "SourceModel", "finished_choices"]

@@ -1,0 +1,150 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lqsearch.cli import main
+from lqsearch.data.calibration import draw_windows
+from lqsearch.errors import ConfigError
+from lqsearch.quant import QuantConfig
+from lqsearch.search import ArchitectureGates, BlockSchedule, temperature
+from lqsearch.transforms import transform_model
+
+
+def test_schedule_maps_epochs_to_blocks_and_phases() -> None:
+    schedule = BlockSchedule(num_blocks=3, search_epochs=2, finetune_epochs=1)
+    assert schedule.total_epochs == 9
+    assert [schedule.block(e) for e in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [schedule.phase(e)[0] for e in range(3)] == ["search", "search", "finetune"]
+    assert schedule.ends_search(1) and not schedule.ends_search(2) and schedule.ends_block(2)
+    rtn = BlockSchedule(num_blocks=2, search_epochs=0, finetune_epochs=0)
+    assert rtn.epochs_per_block == 1 and rtn.phase(1) == ("none", 0, 1)
+
+
+def test_temperature_anneals_between_its_ends() -> None:
+    assert temperature(0, 1.0, 0.1, "exponential") == 1.0
+    assert temperature(1, 1.0, 0.1, "exponential") == pytest.approx(0.1)
+    assert temperature(0.5, 1.0, 0.1, "exponential") == pytest.approx(0.1**0.5)
+    assert temperature(0.5, 1.0, 0.2, "linear") == pytest.approx(0.6)
+
+
+def test_gumbel_samples_are_reproducible_and_hard_is_one_hot() -> None:
+    gates = ArchitectureGates(2, ("attn", "mlp"), ("affine", "rotation"), seed=3)
+    first, again = gates.sample(1, 7, 0.5, hard=False), gates.sample(1, 7, 0.5, hard=False)
+    assert all(torch.equal(first[u], again[u]) for u in first)
+    assert all(torch.allclose(w.sum(), torch.tensor(1.0)) for w in first.values())
+    hard = gates.sample(1, 7, 0.5, hard=True)
+    assert all(sorted(w.tolist()) == pytest.approx([0.0, 1.0]) for w in hard.values())
+
+
+@pytest.mark.parametrize("candidate", [0, 1])
+def test_one_hot_mixture_equals_the_single_candidate(tiny_llama, token_batch, candidate: int) -> None:
+    blocks = transform_model(tiny_llama, QuantConfig.parse("w4a4kv4"), candidates=("affine", "rotation"), rotation="learned")
+    with torch.no_grad():  # make the candidates differ
+        for parameter in blocks[0].sites["qkv"].transforms["affine"].parameters():
+            parameter.add_(0.1)
+    kind = ("affine", "rotation")[candidate]
+    blocks[0].select({"attn": kind, "mlp": kind})
+    single = tiny_llama(token_batch).logits
+    weights = torch.nn.functional.one_hot(torch.tensor(candidate), 2).float()
+    for unit in ("attn", "mlp"):
+        blocks[0].mix(unit, lambda: weights)
+    blocks[0].select({"attn": "affine" if candidate else "rotation", "mlp": "affine" if candidate else "rotation"})
+    torch.testing.assert_close(tiny_llama(token_batch).logits, single)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_alpha_receives_gradients(tiny_llama, token_batch, hard: bool) -> None:
+    blocks = transform_model(tiny_llama, QuantConfig.parse("w4a4kv4"), candidates=("affine", "rotation"))
+    gates = ArchitectureGates(2, ("attn", "mlp"), ("affine", "rotation"))
+    sample = gates.sample(0, 0, 1.0, hard=hard)
+    for unit in ("attn", "mlp"):
+        blocks[0].mix(unit, lambda unit=unit: sample[unit])
+    tiny_llama(token_batch).logits.pow(2).mean().backward()
+    assert gates.alpha.grad is not None and gates.alpha.grad[0].abs().sum() > 0
+
+
+def test_too_short_calibration_corpus_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"fewer than nsamples x seqlen = 8 x 64"):
+        draw_windows(torch.arange(100), 8, 64, seed=0)
+
+
+def fit_args(tiny_model_dir: Path, tiny_corpus: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--trainer.accelerator=cpu",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}",
+        f"--model.model={tiny_model_dir}",
+        "--model.search_epochs=2",
+        "--model.finetune_epochs=1",
+        f"--data.corpus={tiny_corpus}",
+        "--data.nsamples=8",
+        "--data.seqlen=32",
+        "--data.batch_size=4",
+        *extra,
+    ]
+
+
+def test_two_block_search_through_lightning_cli(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run"))
+    choices = json.loads((tmp_path / "run" / "choices.json").read_text())
+    assert [b["block"] for b in choices["blocks"]] == [0, 1]
+    for block in choices["blocks"]:
+        assert set(block["candidate_loss"]) == {"affine", "rotation"}
+        for unit in ("attn", "mlp"):
+            entry = block["units"][unit]
+            assert entry["choice"] == max(entry["pi"], key=entry["pi"].get)
+            assert sum(entry["pi"].values()) == pytest.approx(1.0) and entry["kurtosis"] > 0
+    assert (tmp_path / "run" / "transforms" / "block_01.safetensors").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    import lightning as L
+
+    class KillInBlockOne(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 4:  # block 1, second epoch: block 0 finished and checkpointed
+                raise Killed
+
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "whole", "--model.mode=hard"))
+    killed_args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "killed", "--model.mode=hard")
+    with pytest.raises(Killed):
+        from lqsearch.cli import SearchCLI, TransformSearch, CalibrationDataModule
+
+        SearchCLI(TransformSearch, CalibrationDataModule, trainer_defaults={"max_epochs": -1, "callbacks": [KillInBlockOne()]}, args=killed_args)
+    assert json.loads((tmp_path / "killed" / "choices.json").read_text())["blocks"][0]["block"] == 0
+    main(killed_args + ["--ckpt_path=last"])
+    whole, resumed = (json.loads((tmp_path / r / "choices.json").read_text()) for r in ("whole", "killed"))
+    assert whole == resumed
+    for block in ("block_00", "block_01"):
+        expected = load_file(tmp_path / "whole" / "transforms" / f"{block}.safetensors")
+        actual = load_file(tmp_path / "killed" / "transforms" / f"{block}.safetensors")
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model.candidates=[]"], "candidates must not be empty"),
+        (["--model.candidates=[affine, shear]"], "unknown candidate(s) ['shear']"),
+        (["--model.tau_start=0.1", "--model.tau_end=1.0"], "need 0 < tau_end <= tau_start"),
+        (["--data.nsamples=0"], "nsamples must be at least 1"),
+        (["--model.quant=w1a4"], "w bits 1 unsupported"),
+    ],
+)
+def test_bad_configs_fail_with_one_line(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys, extra, message) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", *extra))
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lqsearch: error:")]
+    assert len(errors) == 1 and message in errors[0]
