@@ -85,9 +85,8 @@ def run_lightning(argv: list[str] | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["ppl"]:
+        if (sys.argv[1:] if argv is None else argv)[:1] == ["ppl"]:
             parser = argparse.ArgumentParser(prog="lqsearch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
             subparsers = parser.add_subparsers(required=True, metavar="command")
             _ppl_parser(subparsers)

@@ -148,3 +148,21 @@ def test_bad_configs_fail_with_one_line(tiny_model_dir: Path, tiny_corpus: Path,
     assert exit_.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lqsearch: error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[f"{c.parent.name}/{c.name}" for c in CONFIGS])
+def test_shipped_configs_parse(config: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: lqsearch.callbacks.SearchReport" in printed and "default_root_dir: checkpoints/" in printed
+
+
+def test_configs_cover_the_documented_recipes() -> None:
+    names = {f"{c.parent.name}/{c.stem}" for c in CONFIGS}
+    expected = {f"smollm2-135m/{r}" for r in ("demo", "search-w4a4kv4", "search-w3a3k2v2", "affine-w4a4kv4", "rotation-w4a4kv4", "rtn-w4a4kv4")}
+    assert expected | {"llama-3-8b/search-w3a3k2v2", "llama-2-7b/search-w4a4kv4"} <= names

@@ -50,3 +50,4 @@ class SearchReport(Callback):
             print("\n| model | perplexity |\n|---|---|")
             for name, value in self.results.items():
                 print(f"| {name} | {value:.3f} |")
+            print(f"\ncalibration wall time: {pl_module.calibration_seconds:.1f} s")

@@ -18,6 +18,7 @@ resumed run rebuilds the caches by replaying finished blocks, identically.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,6 +141,7 @@ class TransformSearch(L.LightningModule):
         self._mixing: dict[str, torch.Tensor] = {}
         self._candidate_loss: dict[str, float] = {}
         self._tau = tau_start
+        self.calibration_seconds = 0.0  # wall time of training (this process), without evaluations
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -321,6 +323,12 @@ class TransformSearch(L.LightningModule):
     def current_block(self) -> int:
         return self.schedule.block(self.current_epoch)
 
+    def on_train_start(self) -> None:
+        self._train_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.calibration_seconds += time.perf_counter() - self._train_started
+
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
         if self.schedule.block(epoch) >= self.num_blocks:
@@ -350,7 +358,8 @@ class TransformSearch(L.LightningModule):
         self.manual_backward(mse / mse.detach())  # loss normalised by its own value (FlatQuant)
         self._optimizer.step()
         self._scheduler.step()
-        self.log(f"loss/block_{index:02d}", mse, prog_bar=True)
+        self.log("loss", mse, prog_bar=True)
+        self.log(f"loss/block_{index:02d}", mse)
         if phase == "search":
             self.log("tau", self._tau)
             for unit, probs in self.gates.probabilities(index).items():
@@ -399,6 +408,7 @@ def finished_choices(module: TransformSearch) -> dict[str, Any]:
         "quant": module.quant.spec,
         "candidates": list(module.candidates),
         "mode": module.hparams.mode,
+        "calibration_seconds": module.calibration_seconds,
         "blocks": [
             {
                 "block": r["block"],
