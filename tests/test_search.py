@@ -107,6 +107,14 @@ class Killed(RuntimeError):
     pass
 
 
+def without_timing(choices: dict) -> dict:
+    """choices.json less its wall times, which no two runs share."""
+    del choices["calibration_seconds"]
+    for block in choices["blocks"]:
+        del block["seconds"]
+    return choices
+
+
 def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     import lightning as L
 
@@ -123,7 +131,7 @@ def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: P
         SearchCLI(TransformSearch, CalibrationDataModule, trainer_defaults={"max_epochs": -1, "callbacks": [KillInBlockOne()]}, args=killed_args)
     assert json.loads((tmp_path / "killed" / "choices.json").read_text())["blocks"][0]["block"] == 0
     main(killed_args + ["--ckpt_path=last"])
-    whole, resumed = (json.loads((tmp_path / r / "choices.json").read_text()) for r in ("whole", "killed"))
+    whole, resumed = (without_timing(json.loads((tmp_path / r / "choices.json").read_text())) for r in ("whole", "killed"))
     assert whole == resumed
     for block in ("block_00", "block_01"):
         expected = load_file(tmp_path / "whole" / "transforms" / f"{block}.safetensors")
@@ -166,3 +174,24 @@ def test_configs_cover_the_documented_recipes() -> None:
     names = {f"{c.parent.name}/{c.stem}" for c in CONFIGS}
     expected = {f"smollm2-135m/{r}" for r in ("demo", "search-w4a4kv4", "search-w3a3k2v2", "affine-w4a4kv4", "rotation-w4a4kv4", "rtn-w4a4kv4")}
     assert expected | {"llama-3-8b/search-w3a3k2v2", "llama-2-7b/search-w4a4kv4"} <= names
+
+
+def test_pi_heatmap_and_choices_table() -> None:
+    from types import SimpleNamespace
+
+    from lqsearch.callbacks.tensorboard import CELL, HIGH, LOW, PENDING, choices_table, pi_heatmap
+
+    module = SimpleNamespace(
+        gates=SimpleNamespace(units=("attn", "mlp")),
+        candidates=("affine", "rotation"),
+        num_blocks=3,
+        finished=[
+            {"block": 0, "pi": {"attn": {"affine": 1.0, "rotation": 0.0}, "mlp": {"affine": 0.0, "rotation": 1.0}}, "choice": {"attn": "affine", "mlp": "rotation"}},
+        ],
+    )
+    image = pi_heatmap(module)
+    assert image.shape == (3, 2 * CELL, 3 * CELL)
+    torch.testing.assert_close(image[:, 0, 0], HIGH)  # block 0 attn: pi(affine) = 1
+    torch.testing.assert_close(image[:, CELL, 0], LOW)  # block 0 mlp: pi(affine) = 0
+    torch.testing.assert_close(image[:, 0, 2 * CELL], PENDING)  # block 2 not searched yet
+    assert choices_table(module).splitlines()[2] == "| 0 | affine | rotation |"

@@ -141,7 +141,6 @@ class TransformSearch(L.LightningModule):
         self._mixing: dict[str, torch.Tensor] = {}
         self._candidate_loss: dict[str, float] = {}
         self._tau = tau_start
-        self.calibration_seconds = 0.0  # wall time of training (this process), without evaluations
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -233,7 +232,13 @@ class TransformSearch(L.LightningModule):
         return self.source.model
 
     # ------------------------------------------------------------------ phases
+    @property
+    def calibration_seconds(self) -> float:
+        """Wall time of the finished blocks (caching, search, fine-tuning, fusion), across resumes."""
+        return sum(record["seconds"] for record in self.finished)
+
     def _start_block(self, index: int) -> None:
+        self._block_started = time.perf_counter()
         if not self._inputs:
             self._restore_finished()
         self._targets = self._propagate(self.source.adapter.blocks[index], self._inputs)  # before wrapping: exact FP
@@ -313,6 +318,7 @@ class TransformSearch(L.LightningModule):
             self._inputs = self._propagate(block.block, self._inputs)
         self._targets = {}
         block.block.to("cpu")
+        record["seconds"] = time.perf_counter() - self._block_started
         self.finished.append(record)
         self._candidate_loss = {}
         if index == self.num_blocks - 1:
@@ -322,12 +328,6 @@ class TransformSearch(L.LightningModule):
     @property
     def current_block(self) -> int:
         return self.schedule.block(self.current_epoch)
-
-    def on_train_start(self) -> None:
-        self._train_started = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        self.calibration_seconds += time.perf_counter() - self._train_started
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
@@ -412,6 +412,7 @@ def finished_choices(module: TransformSearch) -> dict[str, Any]:
         "blocks": [
             {
                 "block": r["block"],
+                "seconds": r["seconds"],
                 "final_loss": r["final_loss"],
                 "candidate_loss": r["candidate_loss"],
                 "units": {
