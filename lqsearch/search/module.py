@@ -171,10 +171,14 @@ class TransformSearch(L.LightningModule):
     def _block_kwargs(self, hidden_states: torch.Tensor) -> dict[str, Any]:
         return {"position_embeddings": self.source.adapter.position_embeddings(hidden_states)}
 
+    def _run_block(self, block: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = block(hidden_states, **self._block_kwargs(hidden_states))
+        return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
+
     def _batches(self, cache: dict[int, torch.Tensor]):
         """Cached tensors in a fixed order and grouping, so replays compute identically."""
         indices = sorted(cache)
-        size = self.trainer.datamodule.hparams.batch_size if self.trainer.datamodule is not None else 4
+        size = self.trainer.train_dataloader.batch_size
         for start in range(0, len(indices), size):
             chunk = indices[start : start + size]
             yield chunk, torch.stack([cache[i] for i in chunk]).to(self.device)
@@ -184,9 +188,7 @@ class TransformSearch(L.LightningModule):
         block.to(self.device)
         outputs = {}
         for chunk, hidden in self._batches(cache):
-            out = block(hidden, **self._block_kwargs(hidden))
-            out = out[0] if isinstance(out, tuple) else out
-            outputs.update(zip(chunk, out.to(self.hparams.cache_device)))
+            outputs.update(zip(chunk, self._run_block(block, hidden).to(self.hparams.cache_device)))
         return outputs
 
     @torch.no_grad()
@@ -276,8 +278,7 @@ class TransformSearch(L.LightningModule):
         total, count = 0.0, 0
         for chunk, hidden in self._batches(self._inputs):
             target = torch.stack([self._targets[i] for i in chunk]).to(self.device)
-            out = block.block(hidden, **self._block_kwargs(hidden))
-            out = out[0] if isinstance(out, tuple) else out
+            out = self._run_block(block.block, hidden)
             total += F.mse_loss(out.float(), target.float(), reduction="sum").item()
             count += target.numel()
         return total / count
@@ -351,9 +352,7 @@ class TransformSearch(L.LightningModule):
             self._mixing = self.gates.sample(index, step, self._tau, hard=hp.mode == "hard")
         hidden = torch.stack([self._inputs[i] for i in batch["index"].tolist()]).to(self.device)
         target = torch.stack([self._targets[i] for i in batch["index"].tolist()]).to(self.device)
-        out = self.blocks[index].block(hidden, **self._block_kwargs(hidden))
-        out = out[0] if isinstance(out, tuple) else out
-        mse = F.mse_loss(out.float(), target.float())
+        mse = F.mse_loss(self._run_block(self.blocks[index].block, hidden).float(), target.float())
         self._optimizer.zero_grad(set_to_none=True)
         self.manual_backward(mse / mse.detach())  # loss normalised by its own value (FlatQuant)
         self._optimizer.step()
