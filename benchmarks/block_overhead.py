@@ -31,27 +31,27 @@ from lqsearch.transforms import TransformedBlock
 RESULTS = Path(__file__).parent / "results" / "block_overhead.json"
 
 
-def time_block(model, block, hidden: torch.Tensor, repeats: int) -> float:
-    positions = torch.arange(hidden.shape[1]).unsqueeze(0)
-    rope = model.model.rotary_emb(hidden, positions)
-    with torch.no_grad():
-        block(hidden, position_embeddings=rope)  # warm-up
-        times = []
-        for _ in range(repeats):
+@torch.no_grad()
+def time_blocks(blocks: dict[str, torch.nn.Module], hidden: torch.Tensor, rope, repeats: int) -> dict[str, float]:
+    """Median seconds per variant; variants take turns in every round, so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in blocks}
+    for round_ in range(repeats + 1):
+        for name, block in blocks.items():
             start = time.perf_counter()
             block(hidden, position_embeddings=rope)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            if round_ > 0:  # round 0 warms up
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def variant(base, kind: str | None, fused: bool):
+def variant(base, kind: str | None, fused: bool) -> torch.nn.Module:
     model = copy.deepcopy(base)
     if kind is not None:
         block = TransformedBlock(ModelAdapter(model), 0, QuantConfig.parse("w4a4kv4"), candidates=(kind,))
         use_kv_site_attention(model)
         if fused:
             block.fuse()
-    return model, model.model.layers[0]
+    return model.model.layers[0]
 
 
 def main() -> None:
@@ -69,9 +69,11 @@ def main() -> None:
         "affine-fused": ("affine", True),
         "affine-unfused": ("affine", False),
     }
-    seconds = {name: time_block(*variant(base, kind, fused), hidden, args.repeats) for name, (kind, fused) in variants.items()}
+    rope = base.model.rotary_emb(hidden, torch.arange(args.seqlen).unsqueeze(0))
+    blocks = {name: variant(base, kind, fused) for name, (kind, fused) in variants.items()}
+    seconds = time_blocks(blocks, hidden, rope, args.repeats)
     rows = [{"variant": name, "ms": 1000 * s, "vs_plain": s / seconds["plain"], "vs_rtn": s / seconds["rtn"]} for name, s in seconds.items()]
-    print(f"SmolLM2-135M block 0, batch {args.batch} x {args.seqlen}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"SmolLM2-135M block 0, batch {args.batch} x {args.seqlen}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds")
     print(f"{'variant':<16} {'ms':>9} {'x plain':>8} {'x rtn':>7}")
     for row in rows:
         print(f"{row['variant']:<16} {row['ms']:>9.1f} {row['vs_plain']:>8.2f} {row['vs_rtn']:>7.2f}")
