@@ -19,12 +19,10 @@ from lqsearch.data import CalibrationDataModule, evaluation_windows, load_text, 
 from lqsearch.errors import ConfigError
 from lqsearch.eval import perplexity
 from lqsearch.models import load_model
+from lqsearch.models.loading import DTYPES
 from lqsearch.transforms import transform_model
 from lqsearch.quant import QuantConfig
 from lqsearch.search import TransformSearch
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def _ppl_parser(subparsers: argparse._SubParsersAction) -> None:
     ppl = subparsers.add_parser("ppl", help="perplexity of a (RTN fake-quantized) model on a corpus's evaluation part")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lqsearch.callbacks.per_block import PerBlockCallback
 from lqsearch.search.module import TransformSearch
 
 CELL = 12  # pixels per (unit, block) cell
@@ -34,24 +36,13 @@ def choices_table(module: TransformSearch) -> str:
     return "\n".join(lines)
 
 
-class PiHeatmap(Callback):
-    """At the end of each block: image ``pi/heatmap`` (rows: units, columns: blocks; red = the
-    first candidate, blue = the others) and text ``choices`` in TensorBoard."""
+class PiHeatmap(PerBlockCallback):
+    """After each block: image ``pi/heatmap`` (rows: units, columns: blocks; red = the first
+    candidate, blue = the others) and text ``choices`` in TensorBoard."""
 
-    def __init__(self) -> None:
-        self._drawn = 0
-
-    def _draw(self, trainer: L.Trainer, module: TransformSearch) -> None:
-        if len(module.finished) == self._drawn:
-            return
-        self._drawn = len(module.finished)
+    def on_blocks_finished(self, trainer: L.Trainer, module: TransformSearch, records: list[dict[str, Any]]) -> None:
+        step = len(module.finished)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("pi/heatmap", pi_heatmap(module), global_step=self._drawn)
-                logger.experiment.add_text("choices", choices_table(module), global_step=self._drawn)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: TransformSearch) -> None:
-        self._draw(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: TransformSearch) -> None:
-        self._draw(trainer, pl_module)
+                logger.experiment.add_image("pi/heatmap", pi_heatmap(module), global_step=step)
+                logger.experiment.add_text("choices", choices_table(module), global_step=step)

@@ -21,6 +21,8 @@ from lqsearch.storage import cache_dir, write_dir_atomic
 
 log = logging.getLogger(__name__)
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lqsearch.errors import ConfigError
 from lqsearch.models.adapters import ModelAdapter
-from lqsearch.models.loading import load_model
+from lqsearch.models.loading import DTYPES, load_model
 from lqsearch.models.quantized import use_kv_site_attention
 from lqsearch.policy.kurtosis import pearson_kurtosis
 from lqsearch.quant.config import QuantConfig
@@ -40,9 +40,6 @@ from lqsearch.search.gates import ArchitectureGates, TauSchedule, temperature
 from lqsearch.search.schedule import BlockSchedule
 from lqsearch.transforms.block import UNITS, WEIGHTS_OF_SITE, TransformedBlock, check_candidates
 from lqsearch.transforms.transform import RotationMode
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 @dataclass
 class SourceModel:
