@@ -195,3 +195,30 @@ def test_pi_heatmap_and_choices_table() -> None:
     torch.testing.assert_close(image[:, CELL, 0], LOW)  # block 0 mlp: pi(affine) = 0
     torch.testing.assert_close(image[:, 0, 2 * CELL], PENDING)  # block 2 not searched yet
     assert choices_table(module).splitlines()[2] == "| 0 | affine | rotation |"
+
+
+def test_search_distils_a_policy_that_a_policy_run_applies(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    from lqsearch.policy import KurtosisPolicy
+
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "search", "--trainer.callbacks+=lqsearch.callbacks.PolicyDistillation"))
+    policy = KurtosisPolicy.load(tmp_path / "search" / "policy.json")
+    assert (tmp_path / "search" / "policy.png").stat().st_size > 0
+    searched = json.loads((tmp_path / "search" / "choices.json").read_text())
+    predicted = policy.choose({u: [b["units"][u]["z"] for b in searched["blocks"]] for u in ("attn", "mlp")})
+    agreement = sum(p[u] == b["units"][u]["choice"] for p, b in zip(predicted, searched["blocks"]) for u in ("attn", "mlp")) / 4
+    assert agreement == pytest.approx((policy.fit["attn"]["agreement"] + policy.fit["mlp"]["agreement"]) / 2)
+
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "policy", "--model.selection=policy", f"--model.policy_path={tmp_path / 'search' / 'policy.json'}"))
+    applied = json.loads((tmp_path / "policy" / "choices.json").read_text())
+    assert applied["selection"] == "policy" and [{u: b["units"][u]["choice"] for u in ("attn", "mlp")} for b in applied["blocks"]] == predicted
+    assert all(b["candidate_loss"] == {} for b in applied["blocks"])  # no search ran
+
+
+def test_policy_with_other_candidates_is_refused(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys) -> None:
+    from lqsearch.policy import KurtosisPolicy, UnitRule
+
+    path = tmp_path / "policy.json"
+    KurtosisPolicy({"attn": UnitRule(0.0, "rotation", "affine"), "mlp": UnitRule(0.0, "rotation", "affine")}, ("affine", "rotation")).save(path)
+    with pytest.raises(SystemExit):
+        main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", "--model.selection=policy", f"--model.policy_path={path}", "--model.candidates=[affine, identity]"))
+    assert "policy was fitted over candidates ['affine', 'rotation'], this run has ['affine', 'identity']" in capsys.readouterr().err

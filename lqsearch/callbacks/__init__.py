@@ -1,7 +1,8 @@
 """Callbacks of a search run, one concern each."""
 
 from lqsearch.callbacks.artifacts import SearchArtifacts
+from lqsearch.callbacks.distillation import PolicyDistillation
 from lqsearch.callbacks.report import SearchReport
 from lqsearch.callbacks.tensorboard import PiHeatmap
 
-__all__ = ["SearchArtifacts", "SearchReport", "PiHeatmap"]
+__all__ = ["SearchArtifacts", "PolicyDistillation", "SearchReport", "PiHeatmap"]

@@ -34,11 +34,12 @@ from lqsearch.errors import ConfigError
 from lqsearch.models.adapters import ModelAdapter
 from lqsearch.models.loading import DTYPES, load_model
 from lqsearch.models.quantized import use_kv_site_attention
-from lqsearch.policy.kurtosis import pearson_kurtosis
+from lqsearch.policy.kurtosis import KurtosisWeights, robust_z, unit_kurtosis
+from lqsearch.policy.rule import KurtosisPolicy
 from lqsearch.quant.config import QuantConfig
 from lqsearch.search.gates import ArchitectureGates, TauSchedule, temperature
 from lqsearch.search.schedule import BlockSchedule
-from lqsearch.transforms.block import UNITS, WEIGHTS_OF_SITE, TransformedBlock, check_candidates
+from lqsearch.transforms.block import UNITS, TransformedBlock, check_candidates
 from lqsearch.transforms.transform import RotationMode
 
 @dataclass
@@ -79,6 +80,11 @@ class TransformSearch(L.LightningModule):
         cache_device: where cached block inputs and targets live (``cpu`` saves accelerator memory).
         dtype: dtype the model is loaded in.
         symmetric_denominator: ``qmax`` or ``qmax+0.5`` (symmetric scale divisor).
+        selection: ``search`` (Gumbel-softmax) or ``policy``: a kurtosis policy picks each unit's
+            transform before calibration, and no search runs.
+        policy_path: policy JSON for ``selection: policy`` (None: the shipped default).
+        kurtosis_weights: ``input`` (q,k,v / gate,up) or ``all`` (with o / down) weights per unit;
+            a policy brings its own.
         seed: seed of the random rotations and the Gumbel noise.
     """
 
@@ -106,6 +112,9 @@ class TransformSearch(L.LightningModule):
         cache_device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         symmetric_denominator: Literal["qmax", "qmax+0.5"] = "qmax",
+        selection: Literal["search", "policy"] = "search",
+        policy_path: str | None = None,
+        kurtosis_weights: KurtosisWeights = "input",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -121,12 +130,21 @@ class TransformSearch(L.LightningModule):
                 raise ConfigError(f"{name} must be positive, got {value}")
         self.save_hyperparameters()
         self.automatic_optimization = False
+        policy = None
+        if selection == "policy":
+            policy = KurtosisPolicy.load(policy_path)
+            policy.check_candidates(self.candidates)
+            kurtosis_weights = policy.weights
         model_, tokenizer = load_model(model, DTYPES[dtype])
         model_.requires_grad_(False)
         self.source = SourceModel(model_, tokenizer, ModelAdapter(model_))
+        self.kurtosis_weights: KurtosisWeights = kurtosis_weights
+        self.kurtosis = unit_kurtosis(self.source.adapter, kurtosis_weights)  # of the original weights
+        self.z = {unit: robust_z(values) for unit, values in self.kurtosis.items()}
+        self.policy_choices = policy.choose(self.z) if policy is not None else None
         use_kv_site_attention(model_)
         num_blocks = len(self.source.adapter.blocks)
-        search = search_epochs if len(self.candidates) > 1 else 0
+        search = search_epochs if len(self.candidates) > 1 and policy is None else 0
         self.schedule = BlockSchedule(num_blocks, search, finetune_epochs)
         self.gates = ArchitectureGates(num_blocks, tuple(UNITS), self.candidates, seed)
         self.finished: list[dict[str, Any]] = []  # per finished block: choice, statistics, learned state
@@ -242,6 +260,8 @@ class TransformSearch(L.LightningModule):
             self._restore_finished()
         self._targets = self._propagate(self.source.adapter.blocks[index], self._inputs)  # before wrapping: exact FP
         block = self._wrap(index)
+        if self.policy_choices is not None:
+            block.select(self.policy_choices[index])
         if self.hparams.smoothing and "affine" in self.candidates:
             sample = next(iter(self._inputs.values()))[None].to(self.device)
             batches = (hidden for _, hidden in self._batches(self._inputs))
@@ -293,19 +313,22 @@ class TransformSearch(L.LightningModule):
     def _finish_block(self) -> None:
         index = self.current_block
         block = self.blocks[index]
-        choice = self.gates.argmax(index) if len(self.candidates) > 1 else {unit: self.candidates[0] for unit in UNITS}
+        if self.policy_choices is not None:
+            choice = self.policy_choices[index]
+        elif len(self.candidates) > 1:
+            choice = self.gates.argmax(index)
+        else:
+            choice = {unit: self.candidates[0] for unit in UNITS}
         block.select(choice)
         final_loss = self._block_loss(block)
-        linears = block.linears
         record = {
             "block": index,
             "choice": choice,
             "pi": {u: dict(zip(self.candidates, p.tolist())) for u, p in self.gates.probabilities(index).items()},
             "candidate_loss": dict(self._candidate_loss),
             "final_loss": final_loss,
-            "kurtosis": {
-                unit: pearson_kurtosis(linears[r].linear.weight for r in WEIGHTS_OF_SITE[UNITS[unit][0]]) for unit in UNITS
-            },
+            "kurtosis": {unit: self.kurtosis[unit][index] for unit in UNITS},
+            "z": {unit: self.z[unit][index] for unit in UNITS},
             "state": {k: v.cpu() for k, v in block.trainable_state().items()},
         }
         self.log(f"final_loss/block_{index:02d}", final_loss)
@@ -404,6 +427,8 @@ def finished_choices(module: TransformSearch) -> dict[str, Any]:
         "quant": module.quant.spec,
         "candidates": list(module.candidates),
         "mode": module.hparams.mode,
+        "selection": module.hparams.selection,
+        "kurtosis_weights": module.kurtosis_weights,
         "calibration_seconds": module.calibration_seconds,
         "blocks": [
             {
@@ -412,7 +437,8 @@ def finished_choices(module: TransformSearch) -> dict[str, Any]:
                 "final_loss": r["final_loss"],
                 "candidate_loss": r["candidate_loss"],
                 "units": {
-                    unit: {"choice": r["choice"][unit], "pi": r["pi"][unit], "kurtosis": r["kurtosis"][unit]} for unit in UNITS
+                    unit: {"choice": r["choice"][unit], "pi": r["pi"][unit], "kurtosis": r["kurtosis"][unit], "z": r["z"][unit]}
+                    for unit in UNITS
                 },
             }
             for r in module.finished
