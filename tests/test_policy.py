@@ -76,3 +76,9 @@ def test_bad_policy_files(tmp_path: Path) -> None:
     policy = KurtosisPolicy({"attn": UnitRule(0.0, "rotation", "affine")}, ("affine", "rotation"))
     with pytest.raises(ConfigError, match="fitted over candidates"):
         policy.check_candidates(("affine", "identity"))
+
+
+def test_shipped_default_policy_loads() -> None:
+    policy = KurtosisPolicy.load()
+    assert policy.candidates == ("affine", "rotation") and set(policy.rules) == {"attn", "mlp"}
+    assert policy.fitted_on["model_type"] == "llama"
