@@ -75,3 +75,12 @@ def test_fixed_rotation_beats_rtn_at_w4a4kv4(smollm2, capsys) -> None:
         main(["ppl", "--quant", "w4a4kv4", "--seqlen", "256", "--max-windows", "4", "--transform", transform])
         results[transform] = float(capsys.readouterr().out.split("perplexity: ")[1].split()[0])
     assert results["rotation"] < results["identity"]
+
+
+def test_lm_eval_runs_the_local_next_sentence_task(smollm2, tmp_path) -> None:
+    from lqsearch.eval.zero_shot import write_next_sentence_task, zero_shot
+
+    model, tokenizer = smollm2
+    task = write_next_sentence_task(tmp_path, examples=40)
+    scores = zero_shot(model, tokenizer, [task], tmp_path, limit=8, max_length=256)
+    assert 0.0 <= scores[task] <= 1.0 and scores["mean"] == scores[task]

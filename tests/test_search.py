@@ -222,3 +222,32 @@ def test_policy_with_other_candidates_is_refused(tiny_model_dir: Path, tiny_corp
     with pytest.raises(SystemExit):
         main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", "--model.selection=policy", f"--model.policy_path={path}", "--model.candidates=[affine, identity]"))
     assert "policy was fitted over candidates ['affine', 'rotation'], this run has ['affine', 'identity']" in capsys.readouterr().err
+
+
+def test_export_then_reload_reproduces_the_quantized_model(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    import lightning as L
+
+    import lqsearch
+    from lqsearch.callbacks import QuantizedExport
+    from lqsearch.data import CalibrationDataModule
+    from lqsearch.search import TransformSearch
+
+    module = TransformSearch(model=str(tiny_model_dir), quant="w4a4kv4", search_epochs=1, finetune_epochs=1)
+    data = CalibrationDataModule(corpus=str(tiny_corpus), nsamples=8, seqlen=32, batch_size=4)
+    data.connect(module.tokenizer)
+    trainer = L.Trainer(max_epochs=-1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[QuantizedExport()])
+    trainer.fit(module, data)
+    ids = torch.randint(1, 128, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module.quantized_model()(ids).logits
+        reloaded = lqsearch.load_quantized(tmp_path / "quantized")
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=0, atol=0)
+    manifest = json.loads((tmp_path / "quantized" / "lqsearch.json").read_text())
+    assert manifest["format"] == "lqsearch-quantized/1" and manifest["quant"] == "w4a4kv4" and len(manifest["choices"]) == 2
+    assert manifest["calibration"] == {"corpus": str(tiny_corpus), "nsamples": 8, "seqlen": 32, "seed": 0}
+    assert reloaded.generate(ids[:1, :5], max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 8)
+    (tmp_path / "quantized" / "lqsearch.json").write_text(json.dumps({**manifest, "format": "lqsearch-quantized/9"}))
+    with pytest.raises(ConfigError, match="this lqsearch reads 'lqsearch-quantized/1'"):
+        lqsearch.load_quantized(tmp_path / "quantized")
+    with pytest.raises(ConfigError, match="not an lqsearch export"):
+        lqsearch.load_quantized(tmp_path)

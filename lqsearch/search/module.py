@@ -392,6 +392,27 @@ class TransformSearch(L.LightningModule):
         if self.schedule.ends_block(self.current_epoch):
             self._finish_block()
 
+    def export_manifest(self) -> dict[str, Any]:
+        """What ``lqsearch.json`` records about this run (see ``lqsearch.models.export``)."""
+        hp = self.hparams
+        data = self.trainer.datamodule.hparams if self.trainer.datamodule is not None else {}
+        policy = None
+        if hp.selection == "policy":
+            policy = {"path": hp.policy_path or "default", **KurtosisPolicy.load(hp.policy_path).fitted_on}
+        return {
+            "source_model": hp.model,
+            "quant": self.quant.spec,
+            "symmetric_denominator": hp.symmetric_denominator,
+            "learnable_clipping": hp.learnable_clipping,
+            "candidates": list(self.candidates),
+            "rotation": hp.rotation,
+            "selection": hp.selection,
+            "policy": policy,
+            "choices": [self.blocks[r["block"]].choice() for r in self.finished],
+            "calibration": {key: data[key] for key in ("corpus", "nsamples", "seqlen", "seed") if key in data},
+            "seed": hp.seed,
+        }
+
     def on_validation_start(self) -> None:
         self.quantized_model().to(self.device)
         self._perplexity = Perplexity().to(self.device)
