@@ -26,7 +26,7 @@ def policy_figure(policy: KurtosisPolicy, z: dict[str, list[float]], choices: li
         rule, top = policy.rules[unit], row * panel
         low, high = min(scores + [rule.beta]) - 0.5, max(scores + [rule.beta]) + 0.5
 
-        def y(value: float) -> float:
+        def y(value: float, top: int = top, low: float = low, high: float = high) -> float:
             return top + panel - margin - (value - low) / (high - low) * (panel - 2 * margin)
 
         draw.line([(margin, y(rule.beta)), (width - margin, y(rule.beta))], fill=LINE, width=1)

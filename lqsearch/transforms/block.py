@@ -242,7 +242,7 @@ class TransformedBlock:
         v_proj.weight.copy_(weight.to(v_proj.weight.dtype))
         if bias is not None:
             v_proj.bias.copy_(bias.to(v_proj.bias.dtype))
-        for name, site in self.sites.items():
+        for site in self.sites.values():
             _keep_active(site, site.transform.online_part())
         for role in LINEAR_ROLES:
             linear = self.linear(role)
