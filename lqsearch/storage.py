@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -15,17 +16,24 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see either the old file or the whole new one."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a scratch path beside ``path``; once the block has written it, it replaces ``path``
+    in one rename, so readers see either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_dir_atomic(path: Path, fill: Callable[[Path], None]) -> None:

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from lqsearch.callbacks.per_block import PerBlockCallback
 from lqsearch.search.module import TransformSearch, finished_choices
-from lqsearch.storage import write_text_atomic
+from lqsearch.storage import atomic_file, write_text_atomic
 
 
 class SearchArtifacts(PerBlockCallback):
@@ -25,9 +25,6 @@ class SearchArtifacts(PerBlockCallback):
             return
         root = Path(trainer.default_root_dir)
         for record in records:
-            path = root / "transforms" / f"block_{record['block']:02d}.safetensors"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({k: v.contiguous() for k, v in record["state"].items()}, str(tmp), metadata={"choice": json.dumps(record["choice"])})
-            tmp.replace(path)
+            with atomic_file(root / "transforms" / f"block_{record['block']:02d}.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in record["state"].items()}, str(tmp), metadata={"choice": json.dumps(record["choice"])})
         write_text_atomic(root / "choices.json", json.dumps(finished_choices(module), indent=2) + "\n")

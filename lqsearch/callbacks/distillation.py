@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from lqsearch.policy.rule import KurtosisPolicy, fit_policy
 from lqsearch.search.module import TransformSearch
+from lqsearch.storage import atomic_file
 
 FIRST, OTHER, LINE = (214, 51, 38), (38, 89, 230), (40, 40, 40)  # first candidate red, others blue
 
@@ -62,11 +62,8 @@ class PolicyDistillation(Callback):
         root = Path(trainer.default_root_dir)
         policy.save(root / "policy.json")
         figure = policy_figure(policy, module.z, choices)
-        buffer = io.BytesIO()
-        figure.save(buffer, format="PNG")
-        tmp = root / ".policy.png.tmp"
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(root / "policy.png")
+        with atomic_file(root / "policy.png") as tmp:
+            figure.save(tmp, format="PNG")
         for logger in trainer.loggers:
             logger.log_metrics({f"policy/{unit}/{name}": value for unit, fit in policy.fit.items() for name, value in fit.items()})
             if isinstance(logger, TensorBoardLogger):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lqsearch.callbacks.tensorboard import choices_table
@@ -25,11 +26,13 @@ class SearchReport(Callback):
     def __init__(self, baselines: bool = True) -> None:
         self.baselines = baselines
         self.results: dict[str, float] = {}
+        self._windows: torch.Tensor | None = None
 
     def _score(self, trainer: L.Trainer, module: TransformSearch, model, name: str) -> None:
-        windows = trainer.datamodule.evaluation_windows()
+        if self._windows is None:  # tokenise the evaluation text once for all scores
+            self._windows = trainer.datamodule.evaluation_windows()
         model.to(module.device)
-        self.results[name] = perplexity(model, windows, trainer.datamodule.hparams.batch_size, progress=False).perplexity
+        self.results[name] = perplexity(model, self._windows, trainer.datamodule.hparams.batch_size, progress=False).perplexity
         model.to("cpu")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: TransformSearch) -> None:

@@ -141,6 +141,7 @@ class TransformSearch(L.LightningModule):
         self.kurtosis_weights: KurtosisWeights = kurtosis_weights
         self.kurtosis = unit_kurtosis(self.source.adapter, kurtosis_weights)  # of the original weights
         self.z = {unit: robust_z(values) for unit, values in self.kurtosis.items()}
+        self.policy = policy
         self.policy_choices = policy.choose(self.z) if policy is not None else None
         use_kv_site_attention(model_)
         num_blocks = len(self.source.adapter.blocks)
@@ -396,9 +397,7 @@ class TransformSearch(L.LightningModule):
         """What ``lqsearch.json`` records about this run (see ``lqsearch.models.export``)."""
         hp = self.hparams
         data = self.trainer.datamodule.hparams if self.trainer.datamodule is not None else {}
-        policy = None
-        if hp.selection == "policy":
-            policy = {"path": hp.policy_path or "default", **KurtosisPolicy.load(hp.policy_path).fitted_on}
+        policy = None if self.policy is None else {"path": hp.policy_path or "default", **self.policy.fitted_on}
         return {
             "source_model": hp.model,
             "quant": self.quant.spec,
