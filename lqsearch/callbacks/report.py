@@ -17,7 +17,8 @@ from lqsearch.transforms.block import quantize_model
 class SearchReport(Callback):
     """Scores the evaluation windows of the data module before the search (full precision, and
     RTN on a copy of the model: skip with ``baselines: false`` for models too large to copy)
-    and after it (the searched, fused model); prints a table and logs ``ppl/*``.
+    and after it (the searched, fused model); prints a table and logs ``ppl/*``. Under DDP
+    rank 0 alone scores: every rank holds the same model.
 
     Args:
         baselines: also score full precision and RTN at fit start.
@@ -36,7 +37,7 @@ class SearchReport(Callback):
         model.to("cpu")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: TransformSearch) -> None:
-        if not self.baselines or pl_module.finished:  # a resumed run already changed the model
+        if not self.baselines or pl_module.finished or not trainer.is_global_zero:  # a resumed run already changed the model
             return
         self._score(trainer, pl_module, pl_module.source.model, "fp")
         rtn = copy.deepcopy(pl_module.source.model)
@@ -44,13 +45,14 @@ class SearchReport(Callback):
         self._score(trainer, pl_module, rtn, "rtn")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: TransformSearch) -> None:
+        if not trainer.is_global_zero:
+            return
         self._score(trainer, pl_module, pl_module.quantized_model(), "searched")
         for logger in trainer.loggers:
             logger.log_metrics({f"ppl/{name}": value for name, value in self.results.items()})
-        if trainer.is_global_zero:
-            print(f"\nchosen transform per unit ({pl_module.quant.spec}, candidates {list(pl_module.candidates)}):")
-            print(choices_table(pl_module))
-            print("\n| model | perplexity |\n|---|---|")
-            for name, value in self.results.items():
-                print(f"| {name} | {value:.3f} |")
-            print(f"\ncalibration wall time: {pl_module.calibration_seconds:.1f} s")
+        print(f"\nchosen transform per unit ({pl_module.quant.spec}, candidates {list(pl_module.candidates)}):")
+        print(choices_table(pl_module))
+        print("\n| model | perplexity |\n|---|---|")
+        for name, value in self.results.items():
+            print(f"| {name} | {value:.3f} |")
+        print(f"\ncalibration wall time: {pl_module.calibration_seconds:.1f} s")

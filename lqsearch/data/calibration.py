@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from lqsearch.data.corpora import load_text
@@ -49,7 +49,8 @@ class CalibrationDataModule(L.LightningDataModule):
         corpus: named corpus (``enwiki-sample``, ``wikitext2``, ``c4``) or a local .txt/.jsonl/.parquet file.
         nsamples: number of calibration windows (the paper uses 128).
         seqlen: tokens per window (the paper uses 2048).
-        batch_size: windows per step on each device.
+        batch_size: windows per step on each device (the global batch is ``batch_size x devices``);
+            with several processes ``nsamples`` must be a multiple of their number.
         seed: seed of the window positions.
         eval_corpus: corpus whose evaluation part is scored (default: ``corpus``).
         eval_seqlen: tokens per evaluation window (2048 on GPUs).
@@ -87,6 +88,9 @@ class CalibrationDataModule(L.LightningDataModule):
         if stage != "fit" or self.dataset is not None:
             return
         hp = self.hparams
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if hp.nsamples % world_size:
+            raise ConfigError(f"nsamples {hp.nsamples} is not a multiple of the {world_size} processes: every rank needs the same number of samples")
         ids = tokenize(self.tokenizer, load_text(hp.corpus, "calibration"))
         self.dataset = CalibrationWindows(draw_windows(ids, hp.nsamples, hp.seqlen, hp.seed))
 
@@ -101,5 +105,10 @@ class CalibrationDataModule(L.LightningDataModule):
         return DataLoader(self.evaluation_windows(), batch_size=self.hparams.batch_size, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        # No shuffling: under DDP each rank then keeps the same shard, whose activations it caches.
-        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, shuffle=False)
+        # A fixed shard per rank, never shuffled: each rank caches the activations of its own
+        # samples. Rank r holds samples r, r + W, ...: step k of W ranks sees the samples of
+        # step k of one process with a W times larger batch. Given here, Lightning keeps it
+        # (it would inject a shuffling one under any DDP strategy, even on one device).
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = DistributedSampler(self.dataset, world_size, rank, shuffle=False)
+        return DataLoader(self.dataset, batch_size=self.hparams.batch_size, sampler=sampler)

@@ -13,12 +13,19 @@ One ``trainer.fit`` covers every block: the epoch index maps to (block, phase) t
 5. the block is fused (float64) and its learned state kept for the checkpoint.
 A finished block survives in the Lightning checkpoint as its choice and learned state; a
 resumed run rebuilds the caches by replaying finished blocks, identically.
+
+Under DDP each rank caches only its shard of the samples. Gradients of everything a phase
+trains (transforms, clipping, alpha) are averaged explicitly after each backward, and the
+loss is normalised by the global MSE, so W ranks with batch b take the steps of one process
+with batch W x b. The Gumbel noise is seeded per (block, step), so every rank mixes alike
+and keeps the same argmax. Block losses are reduced over all samples.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +33,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import ParallelStrategy, Strategy
 from torch import nn
 from torchmetrics.text import Perplexity
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -77,7 +85,11 @@ class TransformSearch(L.LightningModule):
         weight_decay: AdamW weight decay of transforms and clipping (not of alpha).
         min_lr_ratio: the cosine schedule ends at ``min_lr_ratio * lr``.
         propagate: next block's inputs are the ``fp`` or the ``quant`` outputs of this block.
-        cache_device: where cached block inputs and targets live (``cpu`` saves accelerator memory).
+        cache_device: where cached block inputs and targets live (``cpu``, pinned on CUDA machines,
+            saves accelerator memory; ``cuda`` saves the transfers). Per rank the cache holds
+            ``2 x nsamples / ranks x seqlen x hidden_size x bytes(cache_dtype)``.
+        cache_dtype: dtype of the cached activations (None: the model's); ``bfloat16`` halves a
+            float32 cache.
         dtype: dtype the model is loaded in.
         symmetric_denominator: ``qmax`` or ``qmax+0.5`` (symmetric scale divisor).
         selection: ``search`` (Gumbel-softmax) or ``policy``: a kurtosis policy picks each unit's
@@ -110,6 +122,7 @@ class TransformSearch(L.LightningModule):
         min_lr_ratio: float = 1e-3,
         propagate: Literal["fp", "quant"] = "fp",
         cache_device: str = "cpu",
+        cache_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         symmetric_denominator: Literal["qmax", "qmax+0.5"] = "qmax",
         selection: Literal["search", "policy"] = "search",
@@ -191,20 +204,31 @@ class TransformSearch(L.LightningModule):
         out = block(hidden_states, **self._block_kwargs(hidden_states))
         return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
 
+    def _to_cache(self, tensor: torch.Tensor) -> torch.Tensor:
+        hp = self.hparams
+        cached = tensor.to(hp.cache_device, DTYPES[hp.cache_dtype] if hp.cache_dtype else None)
+        # Pinned host memory makes the copies back to the GPU asynchronous.
+        return cached.pin_memory() if cached.device.type == "cpu" and self.device.type == "cuda" else cached
+
+    def _stack(self, cache: dict[int, torch.Tensor], indices: list[int]) -> torch.Tensor:
+        """Cached tensors of ``indices`` as one batch on the device, in the model's dtype."""
+        batch = torch.stack([cache[i] for i in indices])
+        return batch.to(self.device, self.source.model.dtype, non_blocking=batch.is_pinned())
+
     def _batches(self, cache: dict[int, torch.Tensor]):
         """Cached tensors in a fixed order and grouping, so replays compute identically."""
         indices = sorted(cache)
         size = self.trainer.train_dataloader.batch_size
         for start in range(0, len(indices), size):
             chunk = indices[start : start + size]
-            yield chunk, torch.stack([cache[i] for i in chunk]).to(self.device)
+            yield chunk, self._stack(cache, chunk)
 
     @torch.no_grad()
     def _propagate(self, block: nn.Module, cache: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         block.to(self.device)
         outputs = {}
         for chunk, hidden in self._batches(cache):
-            outputs.update(zip(chunk, self._run_block(block, hidden).to(self.hparams.cache_device)))
+            outputs.update(zip(chunk, self._to_cache(self._run_block(block, hidden))))
         return outputs
 
     @torch.no_grad()
@@ -212,7 +236,7 @@ class TransformSearch(L.LightningModule):
         cache = {}
         for batch in self.trainer.train_dataloader:
             hidden = self.source.adapter.embed(batch["input_ids"])
-            cache.update(zip(batch["index"].tolist(), hidden.to(self.hparams.cache_device)))
+            cache.update(zip(batch["index"].tolist(), self._to_cache(hidden)))
         return cache
 
     def _wrap(self, index: int) -> TransformedBlock:
@@ -266,7 +290,8 @@ class TransformSearch(L.LightningModule):
         if self.hparams.smoothing and "affine" in self.candidates:
             sample = next(iter(self._inputs.values()))[None].to(self.device)
             batches = (hidden for _, hidden in self._batches(self._inputs))
-            block.init_smoothing(batches, self.hparams.smoothing_alpha, **self._block_kwargs(sample))
+            merge_max = lambda absmax: self.trainer.strategy.reduce(absmax, reduce_op="max")  # noqa: E731
+            block.init_smoothing(batches, self.hparams.smoothing_alpha, merge_max, **self._block_kwargs(sample))
 
     def _start_phase(self, phase: str, epochs: int) -> None:
         block = self.blocks[self.current_block]
@@ -293,13 +318,14 @@ class TransformSearch(L.LightningModule):
 
     @torch.no_grad()
     def _block_loss(self, block: TransformedBlock) -> float:
-        total, count = 0.0, 0
+        """MSE of the block's output against the FP targets over every rank's samples."""
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # squared error, elements
         for chunk, hidden in self._batches(self._inputs):
-            target = torch.stack([self._targets[i] for i in chunk]).to(self.device)
             out = self._run_block(block.block, hidden)
-            total += F.mse_loss(out.float(), target.float(), reduction="sum").item()
-            count += target.numel()
-        return total / count
+            total[0] += F.mse_loss(out.float(), self._stack(self._targets, chunk).float(), reduction="sum")
+            total[1] += out.numel()
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        return (total[0] / total[1]).item()
 
     def _end_search(self) -> None:
         block = self.blocks[self.current_block]
@@ -334,11 +360,9 @@ class TransformSearch(L.LightningModule):
         }
         self.log(f"final_loss/block_{index:02d}", final_loss)
         block.fuse()
-        if self.hparams.propagate == "fp":
-            self._inputs = self._targets
-        else:
-            self._inputs = self._propagate(block.block, self._inputs)
-        self._targets = {}
+        # Never more than two activation sets at once: targets are dropped before propagating.
+        targets, self._targets = self._targets, {}
+        self._inputs = targets if self.hparams.propagate == "fp" else self._propagate(block.block, self._inputs)
         block.block.to("cpu")
         record["seconds"] = time.perf_counter() - self._block_started
         self.finished.append(record)
@@ -371,21 +395,36 @@ class TransformSearch(L.LightningModule):
             step = within * self.trainer.num_training_batches + batch_idx
             self._tau = temperature(step / max(steps - 1, 1), hp.tau_start, hp.tau_end, hp.tau_schedule)
             self._mixing = self.gates.sample(index, step, self._tau, hard=hp.mode == "hard")
-        hidden = torch.stack([self._inputs[i] for i in batch["index"].tolist()]).to(self.device)
-        target = torch.stack([self._targets[i] for i in batch["index"].tolist()]).to(self.device)
-        mse = F.mse_loss(self._run_block(self.blocks[index].block, hidden).float(), target.float())
+        indices = batch["index"].tolist()
+        output = self._run_block(self.blocks[index].block, self._stack(self._inputs, indices))
+        mse = F.mse_loss(output.float(), self._stack(self._targets, indices).float())
+        global_mse = self.trainer.strategy.reduce(mse.detach().clone(), reduce_op="mean")
         self._optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(mse / mse.detach())  # loss normalised by its own value (FlatQuant)
+        # DDP's own reducer only knows alpha and would wait for it in fine-tuning: gradients are
+        # averaged below instead, over exactly the parameters this phase trains.
+        with _backward_sync_off(self.trainer.strategy):
+            self.manual_backward(mse / global_mse)  # normalised by the loss's value (FlatQuant)
+        self._average_gradients()
         self._optimizer.step()
         self._scheduler.step()
-        self.log("loss", mse, prog_bar=True)
-        self.log(f"loss/block_{index:02d}", mse)
+        self.log("loss", global_mse, prog_bar=True)
+        self.log(f"loss/block_{index:02d}", global_mse)
         if phase == "search":
             self.log("tau", self._tau)
             for unit, probs in self.gates.probabilities(index).items():
                 for candidate, p in zip(self.candidates, probs.tolist()):
                     self.log(f"pi/block_{index:02d}/{unit}/{candidate}", p)
         return mse
+
+    def _average_gradients(self) -> None:
+        """Average the gradients of the optimised parameters over the ranks, as one flat tensor."""
+        if self.trainer.world_size == 1:
+            return
+        # Every rank runs the same candidates (same noise), so the same parameters have gradients.
+        params = [p for group in self._optimizer.param_groups for p in group["params"] if p.grad is not None]
+        flat = self.trainer.strategy.reduce(torch.cat([p.grad.reshape(-1) for p in params]), reduce_op="mean")
+        for param, grad in zip(params, flat.split([p.numel() for p in params])):
+            param.grad.copy_(grad.view_as(param))
 
     def on_train_epoch_end(self) -> None:
         if self.schedule.ends_search(self.current_epoch):
@@ -438,6 +477,11 @@ class TransformSearch(L.LightningModule):
             raise ConfigError(f"checkpoint has {len(finished)} finished blocks but the model has {self.num_blocks}: it comes from another model")
         self.finished = finished
         self._inputs = {}
+
+
+def _backward_sync_off(strategy: Strategy) -> AbstractContextManager:
+    """DDP's automatic gradient reduction switched off (nothing to switch off on one device)."""
+    return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
 
 
 def finished_choices(module: TransformSearch) -> dict[str, Any]:

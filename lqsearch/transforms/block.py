@@ -9,7 +9,7 @@ Units: ``attn`` = qkv, ov, k; ``mlp`` = upgate, down.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -186,11 +186,18 @@ class TransformedBlock:
                 quantizer.bits = bits
 
     @torch.no_grad()
-    def init_smoothing(self, batches: Iterable[torch.Tensor], alpha: float = 0.3, **block_kwargs) -> None:
+    def init_smoothing(
+        self,
+        batches: Iterable[torch.Tensor],
+        alpha: float = 0.3,
+        merge_max: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **block_kwargs,
+    ) -> None:
         """SmoothQuant-style initial channel scales of the affine candidates, from calibration inputs.
 
         Runs the block on each batch of hidden states (``block_kwargs``: position embeddings)
-        and records per input channel the largest activation at each smoothed site.
+        and records per input channel the largest activation at each smoothed site;
+        ``merge_max`` takes the maximum over processes that saw other batches (DDP).
         """
         activation_absmax: dict[SiteName, torch.Tensor] = {}
 
@@ -211,6 +218,8 @@ class TransformedBlock:
             for handle in handles:
                 handle.remove()
         for name in SMOOTHED_SITES:
+            if merge_max is not None:
+                activation_absmax[name] = merge_max(activation_absmax[name])
             weights = torch.cat([self.linear(role).linear.weight for role in WEIGHTS_OF_SITE[name]])
             weight_absmax = weights.detach().abs().amax(0).float()
             for transform in self.sites[name].transforms.values():
