@@ -22,7 +22,7 @@ REPO = Path(__file__).parents[1]
 
 def run_ranks(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """``lqsearch`` in a fresh process; Lightning's launcher starts the other rank from it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the ranks import tests.rank_failure
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the ranks import tests.distributed_callbacks
     return subprocess.run([sys.executable, "-m", "lqsearch.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -51,7 +51,7 @@ def test_two_ranks_search_like_one_process_with_the_same_global_batch(tiny_model
 
 def test_a_failing_rank_brings_the_run_down_with_its_error(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     start = time.perf_counter()
-    args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", *ddp(batch_size=2), "--trainer.callbacks+=tests.rank_failure.RaiseOnRank")
+    args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", *ddp(batch_size=2), "--trainer.callbacks+=tests.distributed_callbacks.RaiseOnRank")
     done = run_ranks(args, timeout=180)
     assert done.returncode != 0
     assert "injected failure on rank 1" in done.stdout + done.stderr
@@ -64,3 +64,14 @@ def test_samples_must_split_evenly_across_ranks(tiny_corpus: Path) -> None:
     data.connect(object())
     with pytest.raises(ConfigError, match="nsamples 10 is not a multiple of the 4 processes"):
         data.setup("fit")
+
+
+def test_gptq_gives_every_rank_the_same_weights(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", *ddp(batch_size=2), "--model.quant=w3a8kv8", "--model.weight_rounding=gptq")
+    done = run_ranks([*args, "--trainer.callbacks+=tests.distributed_callbacks.SaveRankWeights"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (load_file(tmp_path / "run" / f"rank{r}.safetensors") for r in (0, 1))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    choices = json.loads((tmp_path / "run" / "choices.json").read_text())
+    assert choices["weight_rounding"]["method"] == "gptq"

@@ -115,7 +115,8 @@ def without_timing(choices: dict) -> dict:
     return choices
 
 
-def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rounding", ["rtn", "gptq"])
+def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path, rounding: str) -> None:
     import lightning as L
 
     class KillInBlockOne(L.Callback):
@@ -123,8 +124,9 @@ def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: P
             if trainer.current_epoch == 4:  # block 1, second epoch: block 0 finished and checkpointed
                 raise Killed
 
-    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "whole", "--model.mode=hard"))
-    killed_args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "killed", "--model.mode=hard")
+    options = ("--model.mode=hard", f"--model.weight_rounding={rounding}")
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "whole", *options))
+    killed_args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "killed", *options)
     with pytest.raises(Killed):
         from lqsearch.cli import SearchCLI, TransformSearch, CalibrationDataModule
 
@@ -148,6 +150,7 @@ def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: P
         (["--model.tau_start=0.1", "--model.tau_end=1.0"], "need 0 < tau_end <= tau_start"),
         (["--data.nsamples=0"], "nsamples must be at least 1"),
         (["--model.quant=w1a4"], "w bits 1 unsupported"),
+        (["--model.weight_rounding=gptq", "--model.gptq_damp=-1"], "gptq_damp=-1.0: use a value >= 0"),
     ],
 )
 def test_bad_configs_fail_with_one_line(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys, extra, message) -> None:
@@ -224,7 +227,8 @@ def test_policy_with_other_candidates_is_refused(tiny_model_dir: Path, tiny_corp
     assert "policy was fitted over candidates ['affine', 'rotation'], this run has ['affine', 'identity']" in capsys.readouterr().err
 
 
-def test_export_then_reload_reproduces_the_quantized_model(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("rounding", ["rtn", "gptq"])
+def test_export_then_reload_reproduces_the_quantized_model(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path, rounding: str) -> None:
     import lightning as L
 
     import lqsearch
@@ -232,7 +236,7 @@ def test_export_then_reload_reproduces_the_quantized_model(tiny_model_dir: Path,
     from lqsearch.data import CalibrationDataModule
     from lqsearch.search import TransformSearch
 
-    module = TransformSearch(model=str(tiny_model_dir), quant="w4a4kv4", search_epochs=1, finetune_epochs=1)
+    module = TransformSearch(model=str(tiny_model_dir), quant="w4a4kv4", search_epochs=1, finetune_epochs=1, weight_rounding=rounding)
     data = CalibrationDataModule(corpus=str(tiny_corpus), nsamples=8, seqlen=32, batch_size=4)
     data.connect(module.tokenizer)
     trainer = L.Trainer(max_epochs=-1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[QuantizedExport()])
@@ -245,9 +249,20 @@ def test_export_then_reload_reproduces_the_quantized_model(tiny_model_dir: Path,
     manifest = json.loads((tmp_path / "quantized" / "lqsearch.json").read_text())
     assert manifest["format"] == "lqsearch-quantized/1" and manifest["quant"] == "w4a4kv4" and len(manifest["choices"]) == 2
     assert manifest["calibration"] == {"corpus": str(tiny_corpus), "nsamples": 8, "seqlen": 32, "seed": 0}
+    assert manifest["weight_rounding"]["method"] == rounding
     assert reloaded.generate(ids[:1, :5], max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 8)
     (tmp_path / "quantized" / "lqsearch.json").write_text(json.dumps({**manifest, "format": "lqsearch-quantized/9"}))
     with pytest.raises(ConfigError, match="this lqsearch reads 'lqsearch-quantized/1'"):
         lqsearch.load_quantized(tmp_path / "quantized")
     with pytest.raises(ConfigError, match="not an lqsearch export"):
         lqsearch.load_quantized(tmp_path)
+
+
+def test_gptq_lowers_every_block_loss_below_rtn(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    losses = {}
+    for rounding in ("rtn", "gptq"):
+        main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / rounding, "--model.quant=w3a16", f"--model.weight_rounding={rounding}"))
+        choices = json.loads((tmp_path / rounding / "choices.json").read_text())
+        assert choices["weight_rounding"]["method"] == rounding
+        losses[rounding] = [b["final_loss"] for b in choices["blocks"]]
+    assert all(g < 0.8 * r for g, r in zip(losses["gptq"], losses["rtn"], strict=True)), losses

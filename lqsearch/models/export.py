@@ -5,7 +5,8 @@ Layout of an export folder:
   the online Kronecker factors with their exact inverses, the learned clipping constants);
 - ``config.json``: the source model's Hugging Face config; tokenizer files;
 - ``lqsearch.json``: the manifest (format, lqsearch version, source model, quantizer settings,
-  the transform chosen per block and unit, the policy if one chose them, calibration data and seed).
+  the transform chosen per block and unit, the policy if one chose them, the weight rounding
+  (``rtn``: weights rounded at inference; ``gptq``: saved on their grid), calibration data and seed).
 Weights stay fake-quantized floats: nothing is packed to low-bit integers.
 """
 
@@ -67,6 +68,8 @@ def load_quantized(path: str | Path) -> PreTrainedModel:
         block = TransformedBlock(adapter, index, quant, sorted(set(choice.values())), learnable_clipping=manifest["learnable_clipping"])
         block.select(choice)
         block.fuse()
+        if manifest.get("weight_rounding", {}).get("method") == "gptq":
+            block.drop_weight_quantizers()  # the saved weights are already on their grid
     use_kv_site_attention(model)
     load_safetensors_into(model, str(folder / WEIGHTS), strict=True)
     return model.eval()

@@ -144,9 +144,12 @@ class QuantizedLinear(nn.Module):
         key = self.weight_site.active if self.weight_site is not None else next(iter(self.weight_quantizers))
         return self.weight_quantizers[key]
 
+    def linear_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the matrix product reads: ``x`` through this linear's own input site, if it has one."""
+        return self.input_site(x) if self.input_site is not None else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_site is not None:
-            x = self.input_site(x)
+        x = self.linear_input(x)
         weight, bias = self.linear.weight, self.linear.bias
         if self.weight_site is not None:
             weight = self.weight_site.transform.transform_weight(weight)

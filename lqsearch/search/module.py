@@ -10,7 +10,8 @@ One ``trainer.fit`` covers every block: the epoch index maps to (block, phase) t
    architecture logits alpha (``soft``), or runs one sampled candidate with a
    straight-through gradient (``hard``); then the argmax per unit is kept;
 4. ``finetune`` epochs: the chosen transforms alone;
-5. the block is fused (float64) and its learned state kept for the checkpoint.
+5. the block is fused (float64), its weights rounded (RTN, or GPTQ on its cached inputs),
+   and its learned state kept for the checkpoint.
 A finished block survives in the Lightning checkpoint as its choice and learned state; a
 resumed run rebuilds the caches by replaying finished blocks, identically.
 
@@ -23,6 +24,7 @@ and keeps the same argmax. Block losses are reduced over all samples.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -44,10 +46,11 @@ from lqsearch.models.loading import DTYPES, load_model
 from lqsearch.models.quantized import use_kv_site_attention
 from lqsearch.policy.kurtosis import KurtosisWeights, robust_z, unit_kurtosis
 from lqsearch.policy.rule import KurtosisPolicy
-from lqsearch.quant.config import QuantConfig
+from lqsearch.quant.config import FULL_PRECISION_BITS, QuantConfig
 from lqsearch.search.gates import ArchitectureGates, TauSchedule, temperature
 from lqsearch.search.schedule import BlockSchedule
 from lqsearch.transforms.block import UNITS, TransformedBlock, check_candidates
+from lqsearch.transforms.rounding import GPTQActivations, GPTQOptions, gptq_round_block
 from lqsearch.transforms.transform import RotationMode
 
 @dataclass
@@ -97,6 +100,12 @@ class TransformSearch(L.LightningModule):
         policy_path: policy JSON for ``selection: policy`` (None: the shipped default).
         kurtosis_weights: ``input`` (q,k,v / gate,up) or ``all`` (with o / down) weights per unit;
             a policy brings its own.
+        weight_rounding: ``rtn`` (round to nearest at inference) or ``gptq`` (after fusion, on the
+            block's cached inputs; on the learned clipping grid).
+        gptq_damp: GPTQ dampening, a fraction of the mean Hessian diagonal.
+        gptq_block_size: GPTQ lazy-batch width in columns.
+        gptq_act_order: GPTQ rounds columns by decreasing Hessian diagonal.
+        gptq_activations: GPTQ inputs collected ``quantized`` (activation and KV quantizers on) or ``fp``.
         seed: seed of the random rotations and the Gumbel noise.
     """
 
@@ -128,6 +137,11 @@ class TransformSearch(L.LightningModule):
         selection: Literal["search", "policy"] = "search",
         policy_path: str | None = None,
         kurtosis_weights: KurtosisWeights = "input",
+        weight_rounding: Literal["rtn", "gptq"] = "rtn",
+        gptq_damp: float = 0.01,
+        gptq_block_size: int = 128,
+        gptq_act_order: bool = False,
+        gptq_activations: GPTQActivations = "quantized",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -141,6 +155,7 @@ class TransformSearch(L.LightningModule):
         for name, value in (("lr", lr), ("alpha_lr", alpha_lr), ("clip_lr_scale", clip_lr_scale)):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        self.gptq = GPTQOptions(gptq_damp, gptq_block_size, gptq_act_order, gptq_activations) if weight_rounding == "gptq" else None
         self.save_hyperparameters()
         self.automatic_optimization = False
         policy = None
@@ -249,12 +264,24 @@ class TransformSearch(L.LightningModule):
         return block
 
     def _rebuild(self, record: dict[str, Any]) -> TransformedBlock:
-        """A finished block from its record: wrapped, learned state loaded, choice selected, fused."""
+        """A finished block from its record: wrapped, learned state loaded, choice selected, fused
+        and its weights rounded (GPTQ again on the replayed inputs: deterministic, and it keeps
+        checkpoints free of weights)."""
         block = self._wrap(record["block"])
         block.load_trainable_state(record["state"])
         block.select(record["choice"])
-        block.fuse()
+        self._fuse_and_round(block)
         return block
+
+    def _fuse_and_round(self, block: TransformedBlock) -> None:
+        block.fuse()
+        if self.gptq is not None and self.quant.w_bits < FULL_PRECISION_BITS:
+            def run_calibration() -> None:
+                for _, hidden in self._batches(self._inputs):
+                    self._run_block(block.block, hidden)
+
+            merge_sum = lambda tensor: self.trainer.strategy.reduce(tensor, reduce_op="sum")  # noqa: E731
+            gptq_round_block(block, run_calibration, self.gptq, merge_sum)
 
     def _restore_finished(self) -> None:
         """Replay finished blocks (after a resume): the input cache of the next block, identically."""
@@ -268,9 +295,11 @@ class TransformSearch(L.LightningModule):
 
     def quantized_model(self) -> PreTrainedModel:
         """The model with every finished block quantized and fused (the rest in full precision)."""
-        for record in self.finished:
-            if record["block"] not in self.blocks:
-                self._rebuild(record).block.to("cpu")
+        missing = [record for record in self.finished if record["block"] not in self.blocks]
+        if missing and self.gptq is not None:
+            raise ConfigError("GPTQ weights are rounded on calibration inputs during fit: score the export instead (lqsearch eval --checkpoint <run>/quantized)")
+        for record in missing:
+            self._rebuild(record).block.to("cpu")
         return self.source.model
 
     # ------------------------------------------------------------------ phases
@@ -347,19 +376,18 @@ class TransformSearch(L.LightningModule):
         else:
             choice = {unit: self.candidates[0] for unit in UNITS}
         block.select(choice)
-        final_loss = self._block_loss(block)
         record = {
             "block": index,
             "choice": choice,
             "pi": {u: dict(zip(self.candidates, p.tolist())) for u, p in self.gates.probabilities(index).items()},
             "candidate_loss": dict(self._candidate_loss),
-            "final_loss": final_loss,
             "kurtosis": {unit: self.kurtosis[unit][index] for unit in UNITS},
             "z": {unit: self.z[unit][index] for unit in UNITS},
             "state": {k: v.cpu() for k, v in block.trainable_state().items()},
         }
+        self._fuse_and_round(block)
+        record["final_loss"] = final_loss = self._block_loss(block)  # of the block as exported
         self.log(f"final_loss/block_{index:02d}", final_loss)
-        block.fuse()
         # Never more than two activation sets at once: targets are dropped before propagating.
         targets, self._targets = self._targets, {}
         self._inputs = targets if self.hparams.propagate == "fp" else self._propagate(block.block, self._inputs)
@@ -446,6 +474,7 @@ class TransformSearch(L.LightningModule):
             "rotation": hp.rotation,
             "selection": hp.selection,
             "policy": policy,
+            "weight_rounding": weight_rounding(self),
             "choices": [self.blocks[r["block"]].choice() for r in self.finished],
             "calibration": {key: data[key] for key in ("corpus", "nsamples", "seqlen", "seed") if key in data},
             "seed": hp.seed,
@@ -484,6 +513,13 @@ def _backward_sync_off(strategy: Strategy) -> AbstractContextManager:
     return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
 
 
+def weight_rounding(module: TransformSearch) -> dict[str, Any]:
+    """How the weights were rounded, for ``choices.json`` and the export manifest."""
+    if module.gptq is None:
+        return {"method": "rtn"}
+    return {"method": "gptq", **dataclasses.asdict(module.gptq)}
+
+
 def finished_choices(module: TransformSearch) -> dict[str, Any]:
     """The ``choices.json`` document: run settings and, per finished block and unit, the choice made."""
     return {
@@ -493,6 +529,7 @@ def finished_choices(module: TransformSearch) -> dict[str, Any]:
         "mode": module.hparams.mode,
         "selection": module.hparams.selection,
         "kurtosis_weights": module.kurtosis_weights,
+        "weight_rounding": weight_rounding(module),
         "calibration_seconds": module.calibration_seconds,
         "blocks": [
             {

@@ -20,12 +20,13 @@ from transformers import PreTrainedModel
 from lqsearch.errors import ConfigError
 from lqsearch.models.adapters import LINEAR_ROLES, LinearRole, ModelAdapter
 from lqsearch.models.quantized import HeadsSite, KVCacheSite, MixingWeights, QuantizedLinear, TransformSite, UnitWithSite, use_kv_site_attention
-from lqsearch.quant.config import QuantConfig
+from lqsearch.quant.config import FULL_PRECISION_BITS, QuantConfig
 from lqsearch.quant.quantizers import CLIP_LOGIT_INIT, FakeQuantizer
 from lqsearch.transforms.kronecker import balanced_factor_sizes
 from lqsearch.transforms.transform import TRANSFORM_KINDS, RotationMode, Transform, TransformKind, build_transform
 
 SiteName = Literal["qkv", "ov", "k", "upgate", "down"]
+QuantizerKind = Literal["all", "activations"]
 SITES: tuple[SiteName, ...] = ("qkv", "ov", "k", "upgate", "down")
 UNITS: dict[str, tuple[SiteName, ...]] = {"attn": ("qkv", "ov", "k"), "mlp": ("upgate", "down")}
 SMOOTHED_SITES = ("qkv", "upgate", "down")  # where a per-channel scale can be folded (norms, up_proj)
@@ -127,8 +128,14 @@ class TransformedBlock:
         """Let ``unit`` mix its candidates with ``weights()`` at every forward (``None``: the active one only)."""
         self.units[unit].mixing = weights
 
-    def quantizers(self) -> Iterator[FakeQuantizer]:
-        return (module for module in self.block.modules() if isinstance(module, FakeQuantizer))
+    def quantizers(self, kind: QuantizerKind = "all") -> Iterator[FakeQuantizer]:
+        """The block's quantizers: ``all``, or only those of ``activations`` (sites and KV cache)."""
+        weights = {id(q) for linear in self.linears.values() for q in linear.weight_quantizers.values()}
+        return (
+            module
+            for module in self.block.modules()
+            if isinstance(module, FakeQuantizer) and (kind == "all" or id(module) not in weights)
+        )
 
     def _learnable(self) -> nn.ModuleDict:
         """Everything calibration learns, under stable names (transforms and clipping of every candidate)."""
@@ -174,9 +181,10 @@ class TransformedBlock:
         return {name: site.active for name, site in self.sites.items()}
 
     @contextmanager
-    def full_precision(self) -> Iterator[None]:
-        """Run the block with its transforms but no quantizer (targets, exactness checks)."""
-        saved = [(q, q.bits) for q in self.quantizers()]
+    def full_precision(self, kind: QuantizerKind = "all") -> Iterator[None]:
+        """Run the block with its transforms but without its quantizers of ``kind`` (exactness checks,
+        smoothing statistics, GPTQ inputs without activation quantization)."""
+        saved = [(q, q.bits) for q in self.quantizers(kind)]
         for quantizer, _ in saved:
             quantizer.bits = 16
         try:
@@ -259,6 +267,13 @@ class TransformedBlock:
             linear.detach_sites()
         for quantizer in self.quantizers():
             quantizer.freeze()
+
+    def drop_weight_quantizers(self, roles: Iterable[LinearRole] = LINEAR_ROLES) -> None:
+        """After GPTQ (on a fused block): the weights already lie on their grid, so nothing
+        fake-quantizes them again (a second rounding would recompute the scales and move them)."""
+        for linear in (self.linears[role] for role in roles):
+            quantizer = linear.weight_quantizer
+            linear.weight_quantizers = nn.ModuleDict({"fused": FakeQuantizer(FULL_PRECISION_BITS, quantizer.symmetric, clip_init=None)})
 
 
 def _keep_active(site: TransformSite, online: Transform) -> None:
