@@ -66,12 +66,17 @@ def test_samples_must_split_evenly_across_ranks(tiny_corpus: Path) -> None:
         data.setup("fit")
 
 
-def test_gptq_gives_every_rank_the_same_weights(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+def test_gptq_gives_every_rank_the_same_weights_and_caches_match_the_formula(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
     args = fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", *ddp(batch_size=2), "--model.quant=w3a8kv8", "--model.weight_rounding=gptq")
-    done = run_ranks([*args, "--trainer.callbacks+=tests.distributed_callbacks.SaveRankWeights"])
+    callbacks = ("tests.distributed_callbacks.SaveRankWeights", "lqsearch.callbacks.MemoryReport")
+    done = run_ranks([*args, "--model.cache_dtype=bfloat16", *(f"--trainer.callbacks+={c}" for c in callbacks)])
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = (load_file(tmp_path / "run" / f"rank{r}.safetensors") for r in (0, 1))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     choices = json.loads((tmp_path / "run" / "choices.json").read_text())
     assert choices["weight_rounding"]["method"] == "gptq"
+    for rank in (0, 1):  # each rank caches 4 of the 8 samples: 2 x 4 x 32 tokens x 64 wide x 2 bytes
+        memory = json.loads((tmp_path / "run" / "memory" / f"rank{rank}.json").read_text())
+        assert memory["cache_mb"] == memory["cache_formula_mb"] == 2 * 4 * 32 * 64 * 2 / 2**20
+        assert memory["peak_rss_mb"] > memory["cache_mb"]

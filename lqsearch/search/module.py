@@ -302,6 +302,18 @@ class TransformSearch(L.LightningModule):
             self._rebuild(record).block.to("cpu")
         return self.source.model
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes this rank's activation cache holds now (block inputs and targets)."""
+        return sum(t.nbytes for cache in (self._inputs, self._targets) for t in cache.values())
+
+    def expected_cache_bytes(self, nsamples: int, seqlen: int) -> int:
+        """The cache formula per rank: inputs and targets of its share of the samples,
+        ``2 x nsamples / ranks x seqlen x hidden_size x bytes``."""
+        dtype = DTYPES[self.hparams.cache_dtype] if self.hparams.cache_dtype else self.source.model.dtype
+        per_rank = nsamples // self.trainer.world_size
+        return 2 * per_rank * seqlen * self.source.adapter.hidden_size * dtype.itemsize
+
     # ------------------------------------------------------------------ phases
     @property
     def calibration_seconds(self) -> float:
