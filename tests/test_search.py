@@ -176,7 +176,8 @@ def test_shipped_configs_parse(config: Path, capsys) -> None:
 def test_configs_cover_the_documented_recipes() -> None:
     names = {f"{c.parent.name}/{c.stem}" for c in CONFIGS}
     expected = {f"smollm2-135m/{r}" for r in ("demo", "search-w4a4kv4", "search-w3a3k2v2", "affine-w4a4kv4", "rotation-w4a4kv4", "rtn-w4a4kv4")}
-    assert expected | {"llama-3-8b/search-w3a3k2v2", "llama-2-7b/search-w4a4kv4"} <= names
+    distributed = {"llama-3-8b/search-w3a3k2v2-8gpu", "llama-3-70b/search-w4a4kv4-8gpu"}
+    assert expected | distributed | {"llama-3-8b/search-w3a3k2v2", "llama-2-7b/search-w4a4kv4"} <= names
 
 
 def test_pi_heatmap_and_choices_table() -> None:
