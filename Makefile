@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test-fast: $(STAMP)
 # The search on the embedded SmolLM2-135M and Wikipedia text; ends with the choices and FP / RTN / searched perplexity.
 demo: $(STAMP)
 	$(BIN)/lqsearch fit --config configs/smollm2-135m/demo.yaml
+
+# Every method side by side (FP, RTN, rotations, affine, searches, policies) at w4a4kv4, w3a3k3v3 and w3a3k2v2:
+# benchmarks/results/quality.{json,md}. Well over an hour on 2 CPU cores (estimate); bench-quick (w4a4kv4, smaller) targets 15 min.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/quality.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/quality.py --quick
 
 clean:
 	rm -rf $(VENV)
