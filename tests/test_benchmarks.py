@@ -1,0 +1,47 @@
+"""The quality benchmark maps every method onto the one fit path as documented."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from lqsearch.cli import main
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality", BENCHMARKS / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["quality"]
+
+
+def test_methods_map_to_model_settings(quality) -> None:
+    preset = quality.PRESETS["bench"]
+    model = {m: quality.fit_config(preset, "w3a3k2v2", m, "rtn")["model"] for m in quality.METHODS}
+    assert model["fp"]["quant"] == "w16a16kv16" and model["rtn"]["quant"] == "w3a3k2v2"
+    assert model["rtn"]["finetune_epochs"] == 0 and not model["rtn"]["learnable_clipping"]
+    assert model["rotation-hadamard"]["candidates"] == ["rotation"] and model["rotation-hadamard"]["rotation"] == "hadamard"
+    assert model["rotation-learned"]["rotation"] == "learned" and model["affine"]["candidates"] == ["affine"]
+    assert model["search-hard"]["mode"] == "hard" and model["search-soft"]["mode"] == "soft"
+    assert model["policy"]["selection"] == "policy" and model["policy"]["policy_path"] is None
+    assert model["policy-fitted"]["policy_path"].endswith("bench/bench/w3a3k2v2/search-soft/policy.json")
+    assert all(model[m]["finetune_epochs"] == preset.finetune_epochs for m in quality.METHODS if m not in ("fp", "rtn"))
+    gptq = quality.fit_config(preset, "w4a4", "affine", "gptq")
+    assert gptq["model"]["weight_rounding"] == "gptq" and gptq["trainer"]["default_root_dir"].endswith("w4a4/affine-gptq")
+
+
+def test_generated_configs_parse(quality, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(quality.fit_config(quality.PRESETS["quick"], "w4a4kv4", "search-soft", "gptq")))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert "lqsearch.callbacks.PolicyDistillation" in capsys.readouterr().out
