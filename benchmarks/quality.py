@@ -33,7 +33,8 @@ Presets:
 Run: make bench | make bench-quick, or
   .venv/bin/python benchmarks/quality.py [--quick | --smoke] [--settings ...] [--methods ...] [--output FILE]
 Runs live in checkpoints/bench/<preset>/<setting>/<method> (fp: checkpoints/bench/<preset>/fp);
-a finished run whose config is unchanged is reused, so a killed benchmark resumes. Writes
+a finished run whose config is unchanged is reused, so a killed benchmark resumes. Fits run one
+at a time; evaluations follow, ``--eval-jobs`` at a time (default: one per CPU, one thread each). Writes
 benchmarks/results/quality.json (quick: quality-quick.json) and a .md of the same name.
 """
 
@@ -51,6 +52,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +159,12 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_process(command: list[str], log_stem: Path) -> float:
-    """Run ``command`` with stdout/stderr in ``<log_stem>.out/.err``; its own peak RSS in MB.
-    Exits with the stderr tail if it fails."""
+def run_process(command: list[str], log_stem: Path, threads: int | None = None) -> float:
+    """Run ``command`` (with ``threads`` torch threads, or the default) with stdout/stderr in
+    ``<log_stem>.out/.err``; its own peak RSS in MB. Exits with the stderr tail if it fails."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(log_stem.with_suffix(".out"), "w") as out, open(log_stem.with_suffix(".err"), "w") as err:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
@@ -184,25 +187,39 @@ def fit(config: dict[str, Any]) -> float:
     return peak_rss_mb
 
 
-def evaluate(preset: Preset, run: Path) -> dict[str, Any]:
+def evaluate(preset: Preset, run: Path, threads: int) -> dict[str, Any]:
     """``eval.json`` of the run's export, scored now unless it was with the same command."""
     command, scores = eval_command(preset, run), ROOT / run / "quantized" / "eval.json"
     if scores.is_file() and read_json(ROOT / run / "bench-eval.json") == command:
         return read_json(scores)
     scores.unlink(missing_ok=True)
-    run_process(command, ROOT / run / "eval")
+    print(f"[{datetime.datetime.now():%H:%M:%S}] evaluating {run}", flush=True)
+    run_process(command, ROOT / run / "eval", threads)
     write_text_atomic(ROOT / run / "bench-eval.json", json.dumps(command) + "\n")
     return read_json(scores)
 
 
-def measure(preset: Preset, setting: str, method: str, rounding: str) -> dict[str, Any]:
-    """One row: fit and evaluate (or reuse) the run, read its results."""
-    config = fit_config(preset, setting, method, rounding)
-    run = Path(config["trainer"]["default_root_dir"])
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {setting} {method} {rounding}: {run}", flush=True)
-    peak_rss_mb = fit(config)
-    scores = evaluate(preset, run)
-    choices = read_json(ROOT / run / "choices.json")
+Run = tuple[str, str, str]  # setting, method, weight rounding
+
+
+def measure(preset: Preset, runs: list[Run], eval_jobs: int) -> list[dict[str, Any]]:
+    """Fit every run one at a time (calibration times stay comparable), then evaluate the
+    exports ``eval_jobs`` at a time, each with its share of the CPU threads; one row per run."""
+    fitted = {}
+    for setting, method, rounding in runs:
+        config = fit_config(preset, setting, method, rounding)
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {setting} {method} {rounding}: {config['trainer']['default_root_dir']}", flush=True)
+        fitted[(setting, method, rounding)] = (Path(config["trainer"]["default_root_dir"]), fit(config))
+    threads = max(1, (os.cpu_count() or 1) // eval_jobs)
+    folders = list(dict.fromkeys(folder for folder, _ in fitted.values()))  # fp is shared: score it once
+    with ThreadPoolExecutor(eval_jobs) as pool:
+        scores = dict(zip(folders, pool.map(lambda folder: evaluate(preset, folder, threads), folders)))
+    return [row(run, *fitted[run], scores[fitted[run][0]]) for run in runs]
+
+
+def row(run: Run, folder: Path, peak_rss_mb: float, scores: dict[str, Any]) -> dict[str, Any]:
+    setting, method, rounding = run
+    choices = read_json(ROOT / folder / "choices.json")
     chosen = Counter(unit["choice"] for block in choices["blocks"] for unit in block["units"].values())
     return {
         "setting": setting, "method": method, "weight_rounding": rounding, "ppl": scores["perplexity"], "acc": scores["zero_shot"][TASK],
@@ -260,6 +277,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=SETTINGS + EXTRA_SETTINGS, help="settings (default: the preset's)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="subset of methods (default: all)")
     parser.add_argument("--weight-rounding", nargs="+", choices=ROUNDINGS, default=["rtn"], help="weight rounding(s) of every method")
+    parser.add_argument("--eval-jobs", type=int, default=os.cpu_count() or 1, help="evaluations at a time (after all fits)")
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/quality[-quick|-smoke].json); the .md lies beside it")
     args = parser.parse_args()
     preset = PRESETS["quick" if args.quick else "smoke" if args.smoke else "bench"]
@@ -275,7 +293,7 @@ def main() -> None:
         "commit": commit(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
-        "rows": [measure(preset, setting, m, r) for setting in preset.settings for m in methods for r in roundings if m != "fp" or r == "rtn"],
+        "rows": measure(preset, [(s, m, r) for s in preset.settings for m in methods for r in roundings if m != "fp" or r == "rtn"], args.eval_jobs),
     }
     table = markdown(document)
     write_text_atomic(output, json.dumps(document, indent=2) + "\n")
