@@ -151,6 +151,7 @@ def test_killed_run_resumes_bit_identically(tiny_model_dir: Path, tiny_corpus: P
         (["--data.nsamples=0"], "nsamples must be at least 1"),
         (["--model.quant=w1a4"], "w bits 1 unsupported"),
         (["--model.weight_rounding=gptq", "--model.gptq_damp=-1"], "gptq_damp=-1.0: use a value >= 0"),
+        (["--model.weight_rounding=gptq", "--model.quant=w16a4"], "weight_rounding gptq needs quantized weights"),
     ],
 )
 def test_bad_configs_fail_with_one_line(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path, capsys, extra, message) -> None:

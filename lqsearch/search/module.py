@@ -155,6 +155,8 @@ class TransformSearch(L.LightningModule):
         for name, value in (("lr", lr), ("alpha_lr", alpha_lr), ("clip_lr_scale", clip_lr_scale)):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if weight_rounding == "gptq" and self.quant.w_bits >= FULL_PRECISION_BITS:
+            raise ConfigError(f"weight_rounding gptq needs quantized weights, but quant {self.quant.spec!r} keeps them in full precision")
         self.gptq = GPTQOptions(gptq_damp, gptq_block_size, gptq_act_order, gptq_activations) if weight_rounding == "gptq" else None
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -275,7 +277,7 @@ class TransformSearch(L.LightningModule):
 
     def _fuse_and_round(self, block: TransformedBlock) -> None:
         block.fuse()
-        if self.gptq is not None and self.quant.w_bits < FULL_PRECISION_BITS:
+        if self.gptq is not None:
             def run_calibration() -> None:
                 for _, hidden in self._batches(self._inputs):
                     self._run_block(block.block, hidden)
