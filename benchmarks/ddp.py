@@ -5,9 +5,10 @@ the same global batch, once on one process and once as DDP over ``--processes`` 
 (gloo), with the ``MemoryReport`` callback. Reports calibration tokens/s (samples x seqlen x
 epochs per block x blocks over the calibration wall time) and, per rank, the measured
 activation cache against the formula ``2 x nsamples / ranks x seqlen x hidden x bytes`` and the
-peak RSS. Prints a table and writes benchmarks/results/ddp.json.
+peak RSS. ``--stream-blocks`` reads each block from the safetensors files (ranks other than 0
+then free finished blocks). Prints a table and writes benchmarks/results/ddp[-streamed].json.
 
-Run: .venv/bin/python benchmarks/ddp.py [--blocks 4 --nsamples 16 --seqlen 256]
+Run: .venv/bin/python benchmarks/ddp.py [--blocks 4 --nsamples 16 --seqlen 256] [--stream-blocks]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lqsearch.storage import write_text_atomic
 
 REPO = Path(__file__).parents[1]
 DEMO = REPO / "configs" / "smollm2-135m" / "demo.yaml"
-RESULTS = REPO / "benchmarks" / "results" / "ddp.json"
+RESULTS = REPO / "benchmarks" / "results"
 EPOCHS_PER_BLOCK = 3  # the demo recipe: 2 search + 1 fine-tuning epochs
 
 
@@ -47,6 +48,7 @@ def calibrate(processes: int, args: argparse.Namespace, work: Path) -> dict:
         f"--trainer.devices={processes}", f"--trainer.strategy={'ddp' if processes > 1 else 'auto'}",
         f"--trainer.max_epochs={args.blocks * EPOCHS_PER_BLOCK}",
         f"--data.nsamples={args.nsamples}", f"--data.seqlen={args.seqlen}", f"--data.batch_size={args.global_batch // processes}",
+        f"--model.stream_blocks={str(args.stream_blocks).lower()}",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
@@ -65,12 +67,14 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--global-batch", type=int, default=4, help="samples per step over all processes")
+    parser.add_argument("--stream-blocks", action="store_true", help="read blocks from the model files when needed")
     parser.add_argument("--work", type=Path, default=REPO / "checkpoints" / "bench-ddp", help="run folders (git-ignored)")
     args = parser.parse_args()
     if args.nsamples % args.processes or args.global_batch % args.processes:
         parser.error("--nsamples and --global-batch must be multiples of --processes")
     runs = [calibrate(processes, args, args.work) for processes in (1, args.processes)]
-    print(f"\nSmolLM2-135M, W4A4KV4 search, {args.blocks} blocks, {args.nsamples} x {args.seqlen} tokens, global batch {args.global_batch}, {EPOCHS_PER_BLOCK} epochs per block")
+    streamed = ", blocks streamed" if args.stream_blocks else ""
+    print(f"\nSmolLM2-135M, W4A4KV4 search{streamed}, {args.blocks} blocks, {args.nsamples} x {args.seqlen} tokens, global batch {args.global_batch}, {EPOCHS_PER_BLOCK} epochs per block")
     print("| processes | calib s | tokens/s | rank | cache MB | formula MB | peak RSS MB |\n|---|---|---|---|---|---|---|")
     for run in runs:
         for rank in run["ranks"]:
@@ -84,8 +88,9 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k != "work"},
         "runs": runs,
     }
-    write_text_atomic(RESULTS, json.dumps(document, indent=2) + "\n")
-    print(f"\nwritten: {RESULTS.relative_to(REPO)}")
+    output = RESULTS / ("ddp-streamed.json" if args.stream_blocks else "ddp.json")
+    write_text_atomic(output, json.dumps(document, indent=2) + "\n")
+    print(f"\nwritten: {output.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

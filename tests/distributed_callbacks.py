@@ -1,5 +1,6 @@
-"""Callbacks the ranks of test_distributed import: fail one rank; save every rank's weights."""
+"""Callbacks the ranks of test_distributed import: fail one rank; save what every rank holds."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -20,3 +21,11 @@ class SaveRankWeights(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         save_model(pl_module.quantized_model(), str(Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.safetensors"))
+
+
+class RecordLoadedBlocks(L.Callback):
+    """``<root>/loaded_rank<r>.json``: which blocks of a streamed model this rank holds at the end."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loaded = [pl_module.store.is_loaded(i) for i in range(pl_module.num_blocks)]
+        (Path(trainer.default_root_dir) / f"loaded_rank{trainer.global_rank}.json").write_text(json.dumps(loaded))

@@ -30,10 +30,13 @@ def ddp(batch_size: int) -> list[str]:
     return ["--trainer.strategy=ddp", "--trainer.devices=2", f"--data.batch_size={batch_size}"]
 
 
-def test_two_ranks_search_like_one_process_with_the_same_global_batch(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
-    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "one"))  # batch 4 on one process
-    done = run_ranks(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "two", *ddp(batch_size=2)))
+def test_two_streaming_ranks_search_like_one_process_with_the_same_global_batch(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "one"))  # batch 4 on one process, model in memory
+    streamed = ("--model.stream_blocks=true", "--trainer.callbacks+=tests.distributed_callbacks.RecordLoadedBlocks")
+    done = run_ranks(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "two", *ddp(batch_size=2), *streamed))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "loaded_rank0.json").read_text()) == [True, True]  # kept for the export
+    assert json.loads((tmp_path / "two" / "loaded_rank1.json").read_text()) == [False, False]  # freed once finished
     one, two = (without_timing(json.loads((tmp_path / r / "choices.json").read_text())) for r in ("one", "two"))
     for a, b in zip(one["blocks"], two["blocks"], strict=True):
         assert {u: e["choice"] for u, e in a["units"].items()} == {u: e["choice"] for u, e in b["units"].items()}

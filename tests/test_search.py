@@ -268,3 +268,13 @@ def test_gptq_lowers_every_block_loss_below_rtn(tiny_model_dir: Path, tiny_corpu
         assert choices["weight_rounding"]["method"] == rounding
         losses[rounding] = [b["final_loss"] for b in choices["blocks"]]
     assert all(g < 0.8 * r for g, r in zip(losses["gptq"], losses["rtn"], strict=True)), losses
+
+
+def test_streamed_blocks_give_the_same_search(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "memory"))
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "streamed", "--model.stream_blocks=true"))
+    memory, streamed = (without_timing(json.loads((tmp_path / r / "choices.json").read_text())) for r in ("memory", "streamed"))
+    assert memory == streamed
+    for block in ("block_00", "block_01"):
+        expected, actual = (load_file(tmp_path / r / "transforms" / f"{block}.safetensors") for r in ("memory", "streamed"))
+        assert all(torch.equal(expected[k], actual[k]) for k in expected)

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lqsearch.callbacks.tensorboard import choices_table
+from lqsearch.errors import ConfigError
 from lqsearch.eval.perplexity import perplexity
 from lqsearch.search.module import TransformSearch
 from lqsearch.transforms.block import quantize_model
@@ -39,6 +40,8 @@ class SearchReport(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: TransformSearch) -> None:
         if not self.baselines or pl_module.finished or not trainer.is_global_zero:  # a resumed run already changed the model
             return
+        if pl_module.store is not None:
+            raise ConfigError("SearchReport baselines need the whole model in memory: set baselines: false with stream_blocks")
         self._score(trainer, pl_module, pl_module.source.model, "fp")
         rtn = copy.deepcopy(pl_module.source.model)
         quantize_model(rtn, pl_module.quant)

@@ -66,7 +66,8 @@ def _dequantised_gguf(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-def _load_embedded(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _embedded_folder(name: str) -> Path:
+    """The embedded model as a plain Hugging Face folder in the cache, prepared on first use."""
     entry = EMBEDDED_MODELS[name]
     cached = cache_dir() / "models" / name
     if not (cached / "config.json").is_file():
@@ -79,17 +80,26 @@ def _load_embedded(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreT
             tokenizer.save_pretrained(folder)
 
         write_dir_atomic(cached, fill)
-    return _from_pretrained(cached, dtype)
+    return cached
+
+
+def _local_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model path {source!r} does not exist: give a model folder, a .gguf file, a hub id or one of {sorted(EMBEDDED_MODELS)}")
+    return path
+
+
+def _hub_error(source: str, err: Exception) -> ConfigError:
+    return ConfigError(f"could not load {source!r} from the Hugging Face hub ({type(err).__name__}); offline, use a local folder or {sorted(EMBEDDED_MODELS)}")
 
 
 def load_model(source: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``source``: an embedded name (``smollm2-135m``), a GGUF file, a local folder or a hub id."""
     if source in EMBEDDED_MODELS:
-        model, tokenizer = _load_embedded(source, dtype)
+        model, tokenizer = _from_pretrained(_embedded_folder(source), dtype)
     elif _looks_like_path(source):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ConfigError(f"model path {source!r} does not exist: give a model folder, a .gguf file, a hub id or one of {sorted(EMBEDDED_MODELS)}")
+        path = _local_path(source)
         if path.suffix == ".gguf":
             model, tokenizer = _from_pretrained(path.parent, dtype, path.name)
             model = _dequantised_gguf(model)
@@ -99,8 +109,24 @@ def load_model(source: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrai
         try:
             model, tokenizer = _from_pretrained(source, dtype)
         except OSError as err:
-            raise ConfigError(
-                f"could not load {source!r} from the Hugging Face hub ({type(err).__name__}); offline, use a local folder or {sorted(EMBEDDED_MODELS)}"
-            ) from err
+            raise _hub_error(source, err) from err
     model.eval()
     return model, tokenizer
+
+
+def model_folder(source: str) -> Path:
+    """A local folder with ``source``'s config, tokenizer and safetensors weights (hub ids are
+    downloaded to the Hugging Face cache); GGUF files have no such folder."""
+    if source in EMBEDDED_MODELS:
+        return _embedded_folder(source)
+    if _looks_like_path(source):
+        path = _local_path(source)
+        if path.suffix == ".gguf":
+            raise ConfigError(f"{source!r} is a GGUF file: blocks stream from safetensors folders only; load it whole (stream_blocks: false)")
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja"]))
+    except Exception as err:  # huggingface_hub raises several unrelated types when offline
+        raise _hub_error(source, err) from err

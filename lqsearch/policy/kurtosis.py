@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
+from torch import nn
 
 from lqsearch.models.adapters import LinearRole, ModelAdapter
 
@@ -28,12 +30,23 @@ def pearson_kurtosis(tensors: Iterable[torch.Tensor]) -> float:
     return (centred.pow(4).mean() / variance.pow(2)).item()
 
 
-def unit_kurtosis(adapter: ModelAdapter, weights: KurtosisWeights = "input") -> dict[str, list[float]]:
-    """Per unit type, the kurtosis of each block's unit weights (block order), read in place."""
-    return {
-        unit: [pearson_kurtosis(adapter.linear(block, role).weight for role in roles) for block in adapter.blocks]
-        for unit, roles in UNIT_WEIGHTS[weights].items()
-    }
+def block_kurtosis(adapter: ModelAdapter, block: nn.Module, weights: KurtosisWeights = "input") -> dict[str, float]:
+    """Per unit type, the kurtosis of one block's unit weights."""
+    return {unit: pearson_kurtosis(adapter.linear(block, role).weight for role in roles) for unit, roles in UNIT_WEIGHTS[weights].items()}
+
+
+def unit_kurtosis(
+    adapter: ModelAdapter,
+    weights: KurtosisWeights = "input",
+    loaded: Callable[[int], AbstractContextManager] | None = None,
+) -> dict[str, list[float]]:
+    """Per unit type, the kurtosis of each block's unit weights (block order), read in place;
+    ``loaded(i)`` holds block i in memory meanwhile (streamed models)."""
+    per_block = []
+    for index, block in enumerate(adapter.blocks):
+        with loaded(index) if loaded is not None else nullcontext():
+            per_block.append(block_kurtosis(adapter, block, weights))
+    return {unit: [values[unit] for values in per_block] for unit in UNIT_WEIGHTS[weights]}
 
 
 def robust_z(values: Sequence[float]) -> list[float]:

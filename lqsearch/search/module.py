@@ -44,6 +44,7 @@ from lqsearch.errors import ConfigError
 from lqsearch.models.adapters import ModelAdapter
 from lqsearch.models.loading import DTYPES, load_model
 from lqsearch.models.quantized import use_kv_site_attention
+from lqsearch.models.streaming import BlockStore, load_streamed
 from lqsearch.policy.kurtosis import KurtosisWeights, robust_z, unit_kurtosis
 from lqsearch.policy.rule import KurtosisPolicy
 from lqsearch.quant.config import FULL_PRECISION_BITS, QuantConfig
@@ -94,6 +95,9 @@ class TransformSearch(L.LightningModule):
         cache_dtype: dtype of the cached activations (None: the model's); ``bfloat16`` halves a
             float32 cache.
         dtype: dtype the model is loaded in.
+        stream_blocks: keep decoder blocks on the meta device and read each from the model's
+            safetensors files when needed; ranks other than 0 free finished blocks, so they
+            hold one block instead of the model (rank 0 keeps them for the export).
         symmetric_denominator: ``qmax`` or ``qmax+0.5`` (symmetric scale divisor).
         selection: ``search`` (Gumbel-softmax) or ``policy``: a kurtosis policy picks each unit's
             transform before calibration, and no search runs.
@@ -133,6 +137,7 @@ class TransformSearch(L.LightningModule):
         cache_device: str = "cpu",
         cache_dtype: Literal["float32", "bfloat16", "float16"] | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        stream_blocks: bool = False,
         symmetric_denominator: Literal["qmax", "qmax+0.5"] = "qmax",
         selection: Literal["search", "policy"] = "search",
         policy_path: str | None = None,
@@ -165,11 +170,16 @@ class TransformSearch(L.LightningModule):
             policy = KurtosisPolicy.load(policy_path)
             policy.check_candidates(self.candidates)
             kurtosis_weights = policy.weights
-        model_, tokenizer = load_model(model, DTYPES[dtype])
+        self.store: BlockStore | None = None
+        if stream_blocks:
+            model_, tokenizer, self.store = load_streamed(model, DTYPES[dtype])
+        else:
+            model_, tokenizer = load_model(model, DTYPES[dtype])
         model_.requires_grad_(False)
         self.source = SourceModel(model_, tokenizer, ModelAdapter(model_))
         self.kurtosis_weights: KurtosisWeights = kurtosis_weights
-        self.kurtosis = unit_kurtosis(self.source.adapter, kurtosis_weights)  # of the original weights
+        loaded = self.store.loaded if self.store is not None else None
+        self.kurtosis = unit_kurtosis(self.source.adapter, kurtosis_weights, loaded)  # of the original weights
         self.z = {unit: robust_z(values) for unit, values in self.kurtosis.items()}
         self.policy = policy
         self.policy_choices = policy.choose(self.z) if policy is not None else None
@@ -265,10 +275,22 @@ class TransformSearch(L.LightningModule):
         self.blocks[index] = block
         return block
 
+    def _materialize(self, index: int) -> None:
+        """Read block ``index`` from the model files if it is streamed and not in memory."""
+        if self.store is not None and not self.store.is_loaded(index):
+            self.store.load(index)
+
+    def _release_if_not_kept(self, index: int) -> None:
+        """A finished block is needed again only by rank 0 (export): other ranks free it when streaming."""
+        if self.store is not None and not self.trainer.is_global_zero:
+            self.store.release(index)
+            del self.blocks[index]
+
     def _rebuild(self, record: dict[str, Any]) -> TransformedBlock:
         """A finished block from its record: wrapped, learned state loaded, choice selected, fused
         and its weights rounded (GPTQ again on the replayed inputs: deterministic, and it keeps
         checkpoints free of weights)."""
+        self._materialize(record["block"])
         block = self._wrap(record["block"])
         block.load_trainable_state(record["state"])
         block.select(record["choice"])
@@ -289,11 +311,13 @@ class TransformSearch(L.LightningModule):
         """Replay finished blocks (after a resume): the input cache of the next block, identically."""
         self._inputs = self._embed_rank_samples()
         for record in self.finished:
+            self._materialize(record["block"])
             fp_block = self.source.adapter.blocks[record["block"]]
             fp_outputs = self._propagate(fp_block, self._inputs) if self.hparams.propagate == "fp" else None
             block = self._rebuild(record)
             self._inputs = fp_outputs if fp_outputs is not None else self._propagate(block.block, self._inputs)
             block.block.to("cpu")
+            self._release_if_not_kept(record["block"])
 
     def quantized_model(self) -> PreTrainedModel:
         """The model with every finished block quantized and fused (the rest in full precision)."""
@@ -302,6 +326,8 @@ class TransformSearch(L.LightningModule):
             raise ConfigError("GPTQ weights are rounded on calibration inputs during fit: score the export instead (lqsearch eval --checkpoint <run>/quantized)")
         for record in missing:
             self._rebuild(record).block.to("cpu")
+        for index in range(self.num_blocks):  # streamed blocks not calibrated yet stay in full precision
+            self._materialize(index)
         return self.source.model
 
     @property
@@ -326,6 +352,7 @@ class TransformSearch(L.LightningModule):
         self._block_started = time.perf_counter()
         if not self._inputs:
             self._restore_finished()
+        self._materialize(index)
         self._targets = self._propagate(self.source.adapter.blocks[index], self._inputs)  # before wrapping: exact FP
         block = self._wrap(index)
         if self.policy_choices is not None:
@@ -406,6 +433,7 @@ class TransformSearch(L.LightningModule):
         targets, self._targets = self._targets, {}
         self._inputs = targets if self.hparams.propagate == "fp" else self._propagate(block.block, self._inputs)
         block.block.to("cpu")
+        self._release_if_not_kept(index)
         record["seconds"] = time.perf_counter() - self._block_started
         self.finished.append(record)
         self._candidate_loss = {}
