@@ -278,3 +278,14 @@ def test_streamed_blocks_give_the_same_search(tiny_model_dir: Path, tiny_corpus:
     for block in ("block_00", "block_01"):
         expected, actual = (load_file(tmp_path / r / "transforms" / f"{block}.safetensors") for r in ("memory", "streamed"))
         assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_deciding_by_loss_keeps_the_lowest_loss_combination(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", "--model.decide=loss"))
+    choices = json.loads((tmp_path / "run" / "choices.json").read_text())
+    assert choices["decide"] == "loss"
+    for block in choices["blocks"]:
+        kinds = {entry["choice"] for entry in block["units"].values()}
+        if len(kinds) == 1:  # the best combination is one type for both units: it beats the other type alone
+            (kind,) = kinds
+            assert block["candidate_loss"][kind] == min(block["candidate_loss"].values())

@@ -3,8 +3,8 @@
 Groups, in order: q/k/v, o, gate/up, down. The layers of a group read the same activation,
 so one Hessian serves the group. Each group's inputs are collected by running the block on
 its calibration inputs after the earlier groups were rounded, so every layer sees the
-already-quantized layers before it. ``activations: quantized`` collects the inputs with the
-activation and KV quantizers on (what the layer reads at inference), ``fp`` with them off.
+already-quantized layers before it. ``activations: fp`` (default) collects the inputs with the
+activation and KV quantizers off, ``quantized`` with them on (what the layer reads at inference).
 Rounded weights lie on their grid; their fake quantizers are then dropped.
 """
 
@@ -35,7 +35,7 @@ class GPTQOptions:
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
-    activations: GPTQActivations = "quantized"
+    activations: GPTQActivations = "fp"
 
     def __post_init__(self) -> None:
         if not self.damp >= 0:
