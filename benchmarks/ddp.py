@@ -24,17 +24,12 @@ from pathlib import Path
 import torch
 
 from lqsearch.storage import write_text_atomic
+from provenance import commit
 
 REPO = Path(__file__).parents[1]
 DEMO = REPO / "configs" / "smollm2-135m" / "demo.yaml"
 RESULTS = REPO / "benchmarks" / "results"
 EPOCHS_PER_BLOCK = 3  # the demo recipe: 2 search + 1 fine-tuning epochs
-
-
-def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return head + ("-dirty" if dirty else "")
 
 
 def calibrate(processes: int, args: argparse.Namespace, work: Path) -> dict:

@@ -60,6 +60,7 @@ import torch
 import yaml
 
 from lqsearch.storage import write_text_atomic
+from provenance import commit
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "configs" / "smollm2-135m" / "demo.yaml"
@@ -238,12 +239,6 @@ def check_fitted_policies(preset: Preset, methods: list[str], roundings: list[st
         record = read_json(run / "bench-fit.json")
         if not (run / "policy.json").is_file() or record is None or record["key"] != fit_key(config):
             sys.exit(f"policy-fitted needs {run / 'policy.json'} from a search-soft run of this preset: add --methods search-soft")
-
-
-def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    return head + ("-dirty" if dirty else "")
 
 
 def markdown(document: dict[str, Any]) -> str:

@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -52,6 +51,7 @@ from lqsearch.models.loading import DTYPES
 from lqsearch.models.quantized import use_kv_site_attention
 from lqsearch.quant import QuantConfig
 from lqsearch.storage import write_text_atomic
+from provenance import commit
 from lqsearch.transforms import TransformedBlock
 from lqsearch.transforms.kronecker import balanced_factor_sizes, kron_matmul
 from lqsearch.transforms.transform import TransformKind
@@ -174,14 +174,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(aligned)
 
 
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of this checkout, with ``-dirty`` when anything differs from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model from /proc/cpuinfo where there is one."""
     if device.type == "cuda":
@@ -228,7 +220,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = DTYPES[dtype_name]
-    commit = git_commit()  # before timing: the code this run imported
+    measured_commit = commit()  # before timing: the code this run imported
     machine = {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -262,7 +254,7 @@ def main() -> None:
         "round_budget_s": ROUND_BUDGET_S,
     }
     report = {
-        "commit": commit,
+        "commit": measured_commit,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
         "settings": settings,

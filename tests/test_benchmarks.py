@@ -16,9 +16,13 @@ def quality():
     spec = importlib.util.spec_from_file_location("quality", BENCHMARKS / "quality.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["quality"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["quality"]
+    sys.path.insert(0, str(BENCHMARKS))  # as when run as a script: its sibling modules import
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        del sys.modules["quality"]
 
 
 def test_methods_map_to_model_settings(quality) -> None:
