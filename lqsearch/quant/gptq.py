@@ -67,16 +67,21 @@ class HessianAccumulator:
         return 2.0 * self.xtx / self.rows
 
 
+def check_gptq_settings(block_size: int, damp: float) -> None:
+    """One-line errors for a lazy-batch width below 1 or a negative (or NaN) dampening."""
+    if block_size < 1:
+        raise ConfigError(f"gptq_block_size={block_size}: use 1 or more (e.g. 128)")
+    if not damp >= 0:  # also rejects NaN
+        raise ConfigError(f"gptq_damp={damp}: use a value >= 0 (e.g. 0.01)")
+
+
 def _check_arguments(weight: torch.Tensor, hessian: torch.Tensor, block_size: int, damp: float) -> None:
     if weight.dim() != 2:
         raise ConfigError(f"GPTQ needs a 2-D weight [out_features, in_features], got shape {tuple(weight.shape)}")
     columns = weight.shape[1]
     if tuple(hessian.shape) != (columns, columns):
         raise ConfigError(f"GPTQ Hessian has shape {tuple(hessian.shape)}, the weight needs ({columns}, {columns})")
-    if block_size < 1:
-        raise ConfigError(f"gptq block_size={block_size}: use 1 or more")
-    if not damp >= 0:  # also rejects NaN
-        raise ConfigError(f"gptq_damp={damp}: use a value >= 0 (e.g. 0.01)")
+    check_gptq_settings(block_size, damp)
 
 
 def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from lqsearch.errors import ConfigError
 from lqsearch.models.adapters import LinearRole
-from lqsearch.quant.gptq import HessianAccumulator, gptq_quantize
+from lqsearch.quant.gptq import HessianAccumulator, check_gptq_settings, gptq_quantize
 from lqsearch.transforms.block import TransformedBlock
 
 GPTQ_GROUPS: tuple[tuple[LinearRole, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
@@ -38,10 +38,7 @@ class GPTQOptions:
     activations: GPTQActivations = "fp"
 
     def __post_init__(self) -> None:
-        if not self.damp >= 0:
-            raise ConfigError(f"gptq_damp={self.damp}: use a value >= 0 (e.g. 0.01)")
-        if self.block_size < 1:
-            raise ConfigError(f"gptq_block_size={self.block_size}: use 1 or more (e.g. 128)")
+        check_gptq_settings(self.block_size, self.damp)
         if self.activations not in ("quantized", "fp"):
             raise ConfigError(f"gptq_activations={self.activations!r}: use 'quantized' or 'fp'")
 
