@@ -12,8 +12,9 @@ QuantizedExport callback writing ``<run>/quantized``), then ``lqsearch eval`` of
   search-hard        the same, one sampled candidate per step
   policy             the shipped kurtosis policy picks each unit's transform, no search
   policy-fitted      the policy distilled from this setting's search-soft run
-Single-candidate and policy runs do no search epochs (the module ignores them), so every
-calibrated method gets the same fine-tune epochs; the searches get the search epochs on top.
+Every calibrated method gets the same epochs per block: single-candidate and policy runs
+fine-tune for all of them; the searches spend ``search_epochs`` of them searching and fine-tune
+the chosen transform for the rest, so calibration times compare like for like.
 
 ``--weight-rounding rtn gptq`` runs each method with either weight rounding (default rtn only);
 ``--settings`` also takes ``w4a4`` (KV cache in full precision).
@@ -24,10 +25,11 @@ fine-tuning, fusion), the fit process's own peak RSS (``os.wait4``), and the num
 that chose affine / rotation.
 
 Presets:
-  bench (default)  3 settings; 16 x 256 calibration tokens, batch 4, 2 search + 1 fine-tune
-                   epochs (the demo preset); perplexity on 32 windows x 512; 200 zero-shot examples
-  --quick          w4a4kv4 only; 8 x 128 tokens, 1 + 1 epochs; 16 windows; 100 examples (~15 min on 2 cores)
-  --smoke          w4a4kv4 only; 4 x 64 tokens, 1 + 1 epochs; 2 windows x 128; 10 examples
+  bench (default)  3 settings; 16 x 256 calibration tokens, batch 4, 3 epochs per block (searches:
+                   2 search + 1 fine-tune, the demo preset); perplexity on 32 windows x 512;
+                   200 zero-shot examples
+  --quick          w4a4kv4 only; 8 x 128 tokens, 2 epochs (searches 1 + 1); 16 windows; 100 examples
+  --smoke          w4a4kv4 only; 4 x 64 tokens, 2 epochs (searches 1 + 1); 2 windows x 128; 10 examples
                    (plumbing check, numbers meaningless)
 
 Run: make bench | make bench-quick, or
@@ -92,21 +94,21 @@ class Preset:
     nsamples: int
     seqlen: int
     batch_size: int
-    search_epochs: int
-    finetune_epochs: int
+    epochs: int  # per block, for every calibrated method
+    search_epochs: int  # of those, spent searching by the searches
     eval_seqlen: int
     eval_windows: int
     zero_shot_limit: int
 
 
-BENCH = Preset("bench", SETTINGS, 16, 256, 4, 2, 1, 512, 32, 200)
+BENCH = Preset("bench", SETTINGS, 16, 256, 4, 3, 2, 512, 32, 200)
 PRESETS = {
     "bench": BENCH,
     "quick": dataclasses.replace(
-        BENCH, name="quick", settings=("w4a4kv4",), nsamples=8, seqlen=128, search_epochs=1, eval_windows=16, zero_shot_limit=100
+        BENCH, name="quick", settings=("w4a4kv4",), nsamples=8, seqlen=128, epochs=2, search_epochs=1, eval_windows=16, zero_shot_limit=100
     ),
     "smoke": dataclasses.replace(
-        BENCH, name="smoke", settings=("w4a4kv4",), nsamples=4, seqlen=64, search_epochs=1, eval_seqlen=128, eval_windows=2, zero_shot_limit=10
+        BENCH, name="smoke", settings=("w4a4kv4",), nsamples=4, seqlen=64, epochs=2, search_epochs=1, eval_seqlen=128, eval_windows=2, zero_shot_limit=10
     ),
 }
 
@@ -120,11 +122,12 @@ def run_dir(preset: Preset, setting: str, method: str, rounding: str) -> Path:
 def fit_config(preset: Preset, setting: str, method: str, rounding: str) -> dict[str, Any]:
     """demo.yaml with this run's model, data, run folder and callbacks."""
     config = yaml.safe_load(DEMO_CONFIG.read_text())
-    calibrated = method not in UNCALIBRATED
+    epochs = 0 if method in UNCALIBRATED else preset.epochs
+    search_epochs = preset.search_epochs if method.startswith("search-") else 0
     config["model"].update(
         quant="w16a16kv16" if method == "fp" else setting,
-        search_epochs=preset.search_epochs if calibrated else 0,
-        finetune_epochs=preset.finetune_epochs if calibrated else 0,
+        search_epochs=search_epochs,
+        finetune_epochs=epochs - search_epochs,
         weight_rounding="rtn" if method == "fp" else rounding,
         **copy.deepcopy(METHODS[method]),
     )
@@ -248,7 +251,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"Quality benchmark, {document['date']}, commit `{document['commit']}`, {document['machine']}.",
         "",
         f"Preset `{preset['name']}`: {preset['nsamples']} x {preset['seqlen']} calibration tokens, batch {preset['batch_size']}, "
-        f"{preset['search_epochs']} search (searches only) + {preset['finetune_epochs']} fine-tune epochs per block; "
+        f"{preset['epochs']} epochs per block for every calibrated method (searches: {preset['search_epochs']} of them searching); "
         f"perplexity on {preset['eval_windows']} enwiki-sample windows x {preset['eval_seqlen']}; "
         f"acc = {TASK} acc_norm (`lqsearch eval`), {preset['zero_shot_limit']} examples. "
         "`fp` is one full-precision run (w16a16kv16), repeated in every setting.",

@@ -55,6 +55,14 @@ def test_fit_recovers_a_planted_threshold() -> None:
     assert below < rule.beta < above
 
 
+def test_fit_prefers_agreement_over_chasing_a_rare_choice() -> None:
+    z = [-2.0, -1.0, -0.5, 0.0, 0.3, 1.0, 2.0, 3.0]
+    choices = ["affine", "affine", "rotation", "affine", "affine", "affine", "affine", "affine"]
+    rule, balanced, agreement = fit_unit_rule(z, choices, ("affine", "rotation"))
+    assert all(rule.choose(v) == "affine" for v in z)  # 7/8 right; any threshold catching -0.5 is worse
+    assert agreement == 7 / 8 and balanced == 0.5
+
+
 def test_policy_round_trip_and_apply(tmp_path: Path) -> None:
     z = {"attn": [-1.0, 0.2, 3.0, 0.5], "mlp": [2.0, -0.5, 0.1, 4.0]}
     choices = [{"attn": "affine", "mlp": "rotation"}, {"attn": "affine", "mlp": "affine"}, {"attn": "rotation", "mlp": "affine"}, {"attn": "affine", "mlp": "rotation"}]

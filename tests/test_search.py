@@ -90,11 +90,11 @@ def fit_args(tiny_model_dir: Path, tiny_corpus: Path, root: Path, *extra: str) -
 
 
 def test_two_block_search_through_lightning_cli(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
-    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run"))
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", "--model.decide=alpha"))
     choices = json.loads((tmp_path / "run" / "choices.json").read_text())
     assert [b["block"] for b in choices["blocks"]] == [0, 1]
     for block in choices["blocks"]:
-        assert set(block["candidate_loss"]) == {"affine", "rotation"}
+        assert set(block["candidate_loss"]) == {"affine", "rotation"} and block["combination_loss"] == {}
         for unit in ("attn", "mlp"):
             entry = block["units"][unit]
             assert entry["choice"] == max(entry["pi"], key=entry["pi"].get)
@@ -281,11 +281,11 @@ def test_streamed_blocks_give_the_same_search(tiny_model_dir: Path, tiny_corpus:
 
 
 def test_deciding_by_loss_keeps_the_lowest_loss_combination(tiny_model_dir: Path, tiny_corpus: Path, tmp_path: Path) -> None:
-    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run", "--model.decide=loss"))
+    main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "run"))
     choices = json.loads((tmp_path / "run" / "choices.json").read_text())
-    assert choices["decide"] == "loss"
+    assert choices["decide"] == "loss"  # the default
     for block in choices["blocks"]:
-        kinds = {entry["choice"] for entry in block["units"].values()}
-        if len(kinds) == 1:  # the best combination is one type for both units: it beats the other type alone
-            (kind,) = kinds
-            assert block["candidate_loss"][kind] == min(block["candidate_loss"].values())
+        losses = block["combination_loss"]
+        assert len(losses) == 4 and all(block["candidate_loss"][k] == losses[f"attn={k},mlp={k}"] for k in ("affine", "rotation"))
+        chosen = ",".join(f"{unit}={entry['choice']}" for unit, entry in block["units"].items())
+        assert losses[chosen] == min(losses.values())

@@ -108,7 +108,9 @@ def fit_unit_rule(z: list[float], choices: list[str], candidates: tuple[str, ...
     """The threshold and direction that best reproduce ``choices``: ``(rule, balanced accuracy, agreement)``.
 
     Thresholds are midpoints between consecutive distinct z (and one below all); ties in
-    balanced accuracy go to higher agreement, then to the threshold nearest 0.
+    agreement go to higher balanced accuracy, then to the threshold nearest 0. Agreement comes
+    first: when one type wins nearly every unit, the rule should give it to every unit rather
+    than chase the few exceptions at the cost of many right choices.
     """
     levels = sorted(set(z))
     thresholds = [levels[0] - 1.0] + [(a + b) / 2 for a, b in zip(levels, levels[1:])]
@@ -118,11 +120,11 @@ def fit_unit_rule(z: list[float], choices: list[str], candidates: tuple[str, ...
             rule = UnitRule(beta, high, low)
             predicted = [rule.choose(v) for v in z]
             agreement = sum(p == c for p, c in zip(predicted, choices)) / len(choices)
-            key = (balanced_accuracy(predicted, choices), agreement, -abs(beta))
+            key = (agreement, balanced_accuracy(predicted, choices), -abs(beta))
             if best is None or key > best[0]:
                 best = (key, rule)
-    (score, agreement, _), rule = best
-    return rule, score, agreement
+    (agreement, balanced, _), rule = best
+    return rule, balanced, agreement
 
 
 def fit_policy(

@@ -84,9 +84,10 @@ class TransformSearch(L.LightningModule):
         tau_start: Gumbel-softmax temperature at the start of each block's search.
         tau_end: temperature at its end (at most ``tau_start``).
         tau_schedule: ``exponential`` or ``linear`` annealing.
-        decide: how the search's choice is made: ``alpha``, the argmax of the architecture weights
-            (the paper), or ``loss``, the combination of unit candidates with the lowest block
-            loss once the search has trained them all (short searches leave alpha noisy).
+        decide: how the search's choice is made: ``loss`` (default), the combination of unit
+            candidates with the lowest block loss once the search has trained them all, or
+            ``alpha``, the argmax of the architecture weights (the paper). Short searches leave
+            alpha close to a coin toss (benchmarks/results/quality-expectations.md).
         lr: AdamW learning rate of the transforms.
         clip_lr_scale: learning rate of the clipping logits, as a multiple of ``lr``.
         alpha_lr: learning rate of the architecture logits.
@@ -133,7 +134,7 @@ class TransformSearch(L.LightningModule):
         tau_start: float = 1.0,
         tau_end: float = 0.1,
         tau_schedule: TauSchedule = "exponential",
-        decide: Literal["alpha", "loss"] = "alpha",
+        decide: Literal["loss", "alpha"] = "loss",
         lr: float = 5e-3,
         clip_lr_scale: float = 10.0,
         alpha_lr: float = 5e-2,
@@ -202,6 +203,7 @@ class TransformSearch(L.LightningModule):
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._mixing: dict[str, torch.Tensor] = {}
         self._candidate_loss: dict[str, float] = {}
+        self._combination_loss: dict[str, float] = {}
         self._searched_choice: dict[str, str] | None = None
         self._tau = tau_start
 
@@ -415,6 +417,7 @@ class TransformSearch(L.LightningModule):
                 block.select(dict(zip(UNITS, kinds)))
                 losses[kinds] = self._block_loss(block)
         self._candidate_loss = {kinds[0]: loss for kinds, loss in losses.items() if len(set(kinds)) == 1}
+        self._combination_loss = {",".join(f"{u}={k}" for u, k in zip(UNITS, kinds)): loss for kinds, loss in losses.items()} if by_loss else {}
         best = dict(zip(UNITS, min(losses, key=losses.get)))
         self._searched_choice = best if by_loss else self.gates.argmax(self.current_block)
         block.select(self._searched_choice)
@@ -434,6 +437,7 @@ class TransformSearch(L.LightningModule):
             "choice": choice,
             "pi": {u: dict(zip(self.candidates, p.tolist())) for u, p in self.gates.probabilities(index).items()},
             "candidate_loss": dict(self._candidate_loss),
+            "combination_loss": dict(self._combination_loss),
             "kurtosis": {unit: self.kurtosis[unit][index] for unit in UNITS},
             "z": {unit: self.z[unit][index] for unit in UNITS},
             "state": {k: v.cpu() for k, v in block.trainable_state().items()},
@@ -448,7 +452,7 @@ class TransformSearch(L.LightningModule):
         self._release_if_not_kept(index)
         record["seconds"] = time.perf_counter() - self._block_started
         self.finished.append(record)
-        self._candidate_loss, self._searched_choice = {}, None
+        self._candidate_loss, self._combination_loss, self._searched_choice = {}, {}, None
         if index == self.num_blocks - 1:
             self.trainer.should_stop = True
 
@@ -591,7 +595,8 @@ def finished_choices(module: TransformSearch) -> dict[str, Any]:
                 "block": r["block"],
                 "seconds": r["seconds"],
                 "final_loss": r["final_loss"],
-                "candidate_loss": r["candidate_loss"],
+                "candidate_loss": r["candidate_loss"],  # each type alone in both units
+                "combination_loss": r["combination_loss"],  # decide=loss: every "attn=..,mlp=.." combination
                 "units": {
                     unit: {"choice": r["choice"][unit], "pi": r["pi"][unit], "kurtosis": r["kurtosis"][unit], "z": r["z"][unit]}
                     for unit in UNITS
