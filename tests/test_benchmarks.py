@@ -52,3 +52,34 @@ def test_generated_configs_parse(quality, tmp_path: Path, capsys) -> None:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     assert "lqsearch.callbacks.PolicyDistillation" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def expectations():
+    spec = importlib.util.spec_from_file_location("expectations", BENCHMARKS / "expectations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_expectations_report_each_verdict(expectations, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setattr(expectations, "ROOT", tmp_path)
+    ppl = {"rtn": 1000.0, "rotation-hadamard": 300.0, "rotation-learned": 120.0, "affine": 100.0, "search-soft": 90.0, "search-hard": 97.0, "policy": 101.0, "policy-fitted": 91.0}
+    rows = []
+    for method, value in ppl.items():
+        searched = method.startswith("search-")
+        units = {"attn": {"choice": "affine", "pi": {"affine": 0.3, "rotation": 0.7}}, "mlp": {"choice": "rotation", "pi": {"affine": 0.4, "rotation": 0.6}}}
+        choices = {"selection": "search" if searched else "policy", "candidates": ["affine", "rotation"], "blocks": [{"final_loss": value / 100, "units": units}]}
+        run = tmp_path / "checkpoints" / "bench" / "bench" / "w3a3k2v2" / method
+        run.mkdir(parents=True)
+        (run / "choices.json").write_text(json.dumps(choices))
+        rows.append({"setting": "w3a3k2v2", "method": method, "ppl": value, "calib_seconds": 130.0 if method == "search-hard" else 100.0, "choices": {"affine": 1, "rotation": 1}})
+    text = expectations.report({"preset": {"name": "bench"}, "commit": "abc", "date": "today", "rows": rows})
+    verdicts = {line.split(" | ")[0].lstrip("| "): line.rsplit(" | ", 1)[1].rstrip(" |") for line in text.splitlines() if line.endswith(("| yes |", "| **no** |"))}
+    assert verdicts["search-soft clearly better than affine (ppl at most 0.95x)"] == "yes"  # 0.90x
+    assert verdicts["search-hard clearly better than affine (ppl at most 0.95x)"] == "**no**"  # 0.97x
+    assert verdicts["policy at least as good as the best single type (affine)"] == "**no**"
+    assert verdicts["policy-fitted within 2% of search-soft"] == "yes" and verdicts["search-hard under 1.3x affine calibration time"] == "**no**"
+    assert "| search-soft | 1/1 | 1/2 | 0.9 |" in text  # alpha's argmax agrees with one of the two choices
