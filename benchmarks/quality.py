@@ -61,6 +61,7 @@ from typing import Any
 import torch
 import yaml
 
+from lqsearch.policy.rule import DEFAULT_POLICY
 from lqsearch.storage import write_text_atomic
 from provenance import commit
 
@@ -145,9 +146,13 @@ def fit_config(preset: Preset, setting: str, method: str, rounding: str) -> dict
 
 
 def fit_key(config: dict[str, Any]) -> dict[str, Any]:
-    """What a finished fit must match to be reused: its config and the policy file it read."""
-    policy_path = config["model"]["policy_path"]
-    policy_sha256 = hashlib.sha256((ROOT / policy_path).read_bytes()).hexdigest() if policy_path else None
+    """What a finished fit must match to be reused: its config and the policy file it applied
+    (the shipped default when ``policy_path`` is unset)."""
+    model = config["model"]
+    policy_sha256 = None
+    if model["selection"] == "policy":
+        policy = ROOT / model["policy_path"] if model["policy_path"] else DEFAULT_POLICY
+        policy_sha256 = hashlib.sha256(policy.read_bytes()).hexdigest()
     return {"config": config, "policy_sha256": policy_sha256}
 
 
@@ -177,18 +182,21 @@ def run_process(command: list[str], log_stem: Path, threads: int | None = None) 
     return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def fit(config: dict[str, Any]) -> float:
-    """Fit (or reuse) one run; returns the fit process's peak RSS in MB."""
+def fit(config: dict[str, Any]) -> dict[str, Any]:
+    """Fit (or reuse) one run; returns its record: the fit process's peak RSS in MB and the
+    commit the fit ran at (a reused fit keeps its own)."""
     run = ROOT / config["trainer"]["default_root_dir"]
     key, record = fit_key(config), read_json(run / "bench-fit.json")
-    if record is not None and record["key"] == key and (run / "choices.json").is_file() and (run / "quantized").is_dir():
-        return record["peak_rss_mb"]
+    reusable = record is not None and record["key"] == key and "commit" in record
+    if reusable and (run / "choices.json").is_file() and (run / "quantized").is_dir():
+        return record
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     (run / "bench-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     peak_rss_mb = run_process([str(LQSEARCH), "fit", "--config", str(run / "bench-config.yaml")], run / "fit")
-    write_text_atomic(run / "bench-fit.json", json.dumps({"key": key, "peak_rss_mb": peak_rss_mb}, indent=2) + "\n")
-    return peak_rss_mb
+    record = {"key": key, "peak_rss_mb": peak_rss_mb, "commit": commit()}
+    write_text_atomic(run / "bench-fit.json", json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def evaluate(preset: Preset, run: Path, threads: int) -> dict[str, Any]:
@@ -221,14 +229,14 @@ def measure(preset: Preset, runs: list[Run], eval_jobs: int) -> list[dict[str, A
     return [row(run, *fitted[run], scores[fitted[run][0]]) for run in runs]
 
 
-def row(run: Run, folder: Path, peak_rss_mb: float, scores: dict[str, Any]) -> dict[str, Any]:
+def row(run: Run, folder: Path, record: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     setting, method, rounding = run
     choices = read_json(ROOT / folder / "choices.json")
     chosen = Counter(unit["choice"] for block in choices["blocks"] for unit in block["units"].values())
     return {
         "setting": setting, "method": method, "weight_rounding": rounding, "ppl": scores["perplexity"], "acc": scores["zero_shot"][TASK],
-        "calib_seconds": choices.get("calibration_seconds"), "peak_rss_mb": peak_rss_mb,
-        "choices": {"affine": chosen["affine"], "rotation": chosen["rotation"]},
+        "calib_seconds": choices.get("calibration_seconds"), "peak_rss_mb": record["peak_rss_mb"],
+        "choices": {"affine": chosen["affine"], "rotation": chosen["rotation"]}, "fit_commit": record["commit"],
     }
 
 
@@ -256,6 +264,11 @@ def markdown(document: dict[str, Any]) -> str:
         f"acc = {TASK} acc_norm (`lqsearch eval`), {preset['zero_shot_limit']} examples. "
         "`fp` is one full-precision run (w16a16kv16), repeated in every setting.",
     ]
+    earlier = sorted({row["fit_commit"] for row in document["rows"]} - {document["commit"]})
+    if earlier:  # fits are reused while their config is unchanged
+        lines += ["", "Fits reused from earlier commits: " + "; ".join(
+            f"`{c[:12]}` ({', '.join(sorted({r['setting'] + ' ' + r['method'] for r in document['rows'] if r['fit_commit'] == c}))})" for c in earlier
+        ) + "."]
     for setting in dict.fromkeys(row["setting"] for row in document["rows"]):
         lines += ["", f"### {setting}", "", "| method | weights | ppl | acc | calib s | peak RSS MB | units affine/rotation |", "|---|---|---|---|---|---|---|"]
         for row in (r for r in document["rows"] if r["setting"] == setting):

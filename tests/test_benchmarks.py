@@ -1,5 +1,6 @@
 """The quality benchmark maps every method onto the one fit path as documented."""
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lqsearch.cli import main
+from lqsearch.policy.rule import DEFAULT_POLICY
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -39,6 +41,10 @@ def test_methods_map_to_model_settings(quality) -> None:
     epochs = {m: model[m]["search_epochs"] + model[m]["finetune_epochs"] for m in quality.METHODS}
     assert epochs["fp"] == epochs["rtn"] == 0 and {epochs[m] for m in quality.METHODS if m not in ("fp", "rtn")} == {preset.epochs}
     assert {m for m in quality.METHODS if model[m]["search_epochs"]} == {"search-soft", "search-hard"}
+    # a policy run is reused only while the policy it applied is unchanged, the shipped default included
+    default_sha256 = hashlib.sha256(DEFAULT_POLICY.read_bytes()).hexdigest()
+    assert quality.fit_key(quality.fit_config(preset, "w3a3k2v2", "policy", "rtn"))["policy_sha256"] == default_sha256
+    assert quality.fit_key(quality.fit_config(preset, "w3a3k2v2", "search-soft", "rtn"))["policy_sha256"] is None
     gptq = quality.fit_config(preset, "w4a4", "affine", "gptq")
     assert gptq["model"]["weight_rounding"] == "gptq" and gptq["trainer"]["default_root_dir"].endswith("w4a4/affine-gptq")
 
@@ -83,3 +89,14 @@ def test_expectations_report_each_verdict(expectations, tmp_path: Path, monkeypa
     assert verdicts["policy at least as good as the best single type (affine)"] == "**no**"
     assert verdicts["policy-fitted within 2% of search-soft"] == "yes" and verdicts["search-hard under 1.3x affine calibration time"] == "**no**"
     assert "| search-soft | 1/1 | 1/2 | 0.9 |" in text  # alpha's argmax agrees with one of the two choices
+
+
+def test_table_names_fits_reused_from_earlier_commits(quality) -> None:
+    preset = {"name": "bench", "nsamples": 16, "seqlen": 256, "batch_size": 4, "epochs": 3, "search_epochs": 2, "eval_windows": 32, "eval_seqlen": 512, "zero_shot_limit": 200}
+    rows = [
+        {"setting": "w4a4kv4", "method": m, "weight_rounding": "rtn", "ppl": 50.0, "acc": 0.4, "calib_seconds": 10.0, "peak_rss_mb": 1000.0, "choices": {"affine": 60, "rotation": 0}, "fit_commit": c}
+        for m, c in (("affine", "a" * 40), ("policy", "b" * 40))
+    ]
+    table = quality.markdown({"preset": preset, "commit": "b" * 40, "date": "today", "machine": "here", "rows": rows})
+    assert f"Fits reused from earlier commits: `{'a' * 12}` (w4a4kv4 affine)." in table
+    assert "Fits reused" not in quality.markdown({"preset": preset, "commit": "a" * 40, "date": "today", "machine": "here", "rows": rows[:1]})

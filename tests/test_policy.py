@@ -63,6 +63,22 @@ def test_fit_prefers_agreement_over_chasing_a_rare_choice() -> None:
     assert agreement == 7 / 8 and balanced == 0.5
 
 
+def test_fit_to_block_losses_weighs_each_unit_by_what_its_choice_costs() -> None:
+    z = {"attn": [0.0, 1.0, 2.0, 3.0], "mlp": [0.0, 1.0, 2.0, 10.0]}
+    searched = ["rotation", "rotation", "affine", "rotation"]
+    choices = [{"attn": "affine", "mlp": kind} for kind in searched]
+    # mlp: rotation is 1% better in blocks 0 and 1, affine 3x better in block 2, rotation 2x better in block 3
+    mlp_loss = [{"rotation": 1.0, "affine": 1.01}, {"rotation": 1.0, "affine": 1.01}, {"affine": 1.0, "rotation": 3.0}, {"rotation": 1.0, "affine": 2.0}]
+    losses = [{f"attn={a},mlp={m}": loss * (1.0 if a == "affine" else 5.0) for m, loss in block.items() for a in ("affine", "rotation")} for block in mlp_loss]
+    pi = {"attn": [0.9] * 4, "mlp": [0.5] * 4}
+    agreeing = fit_policy(z, choices, pi, ("affine", "rotation"), "input", {})
+    assert agreeing.rules["mlp"] == UnitRule(1.5, "affine", "rotation") and agreeing.block_loss_ratio is None  # 3/4 right
+    costed = fit_policy(z, choices, pi, ("affine", "rotation"), "input", {}, losses)
+    assert costed.rules["mlp"] == UnitRule(6.0, "rotation", "affine")  # 2/4 right, but only the cheap ones wrong
+    assert costed.fit["mlp"]["agreement"] == 0.5 and all(rule == "affine" for rule in costed.choose({"attn": [0.0], "mlp": [0.0]})[0].values())
+    assert costed.block_loss_ratio == pytest.approx((1.01 + 1.01 + 1.0 + 1.0) / 4)
+
+
 def test_policy_round_trip_and_apply(tmp_path: Path) -> None:
     z = {"attn": [-1.0, 0.2, 3.0, 0.5], "mlp": [2.0, -0.5, 0.1, 4.0]}
     choices = [{"attn": "affine", "mlp": "rotation"}, {"attn": "affine", "mlp": "affine"}, {"attn": "rotation", "mlp": "affine"}, {"attn": "affine", "mlp": "rotation"}]

@@ -212,6 +212,11 @@ def test_search_distils_a_policy_that_a_policy_run_applies(tiny_model_dir: Path,
     predicted = policy.choose({u: [b["units"][u]["z"] for b in searched["blocks"]] for u in ("attn", "mlp")})
     agreement = sum(p[u] == b["units"][u]["choice"] for p, b in zip(predicted, searched["blocks"]) for u in ("attn", "mlp")) / 4
     assert agreement == pytest.approx((policy.fit["attn"]["agreement"] + policy.fit["mlp"]["agreement"]) / 2)
+    ratios = []  # decide: loss records every combination's loss: the policy is fitted to them
+    for choice, block in zip(predicted, searched["blocks"]):
+        losses = block["combination_loss"]
+        ratios.append(losses[f"attn={choice['attn']},mlp={choice['mlp']}"] / min(losses.values()))
+    assert policy.block_loss_ratio == pytest.approx(sum(ratios) / len(ratios)) and policy.block_loss_ratio >= 1.0
 
     main(fit_args(tiny_model_dir, tiny_corpus, tmp_path / "policy", "--model.selection=policy", f"--model.policy_path={tmp_path / 'search' / 'policy.json'}"))
     applied = json.loads((tmp_path / "policy" / "choices.json").read_text())

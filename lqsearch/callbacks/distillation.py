@@ -58,7 +58,8 @@ class PolicyDistillation(Callback):
         choices = [record["choice"] for record in module.finished]
         pi_first = {unit: [r["pi"][unit][module.candidates[0]] for r in module.finished] for unit in module.z}
         fitted_on = {"model": module.hparams.model, "model_type": module.source.model.config.model_type, "quant": module.quant.spec, "run": str(trainer.default_root_dir)}
-        policy = fit_policy(module.z, choices, pi_first, module.candidates, module.kurtosis_weights, fitted_on)
+        block_losses = [r["combination_loss"] for r in module.finished] if module.hparams.decide == "loss" else None
+        policy = fit_policy(module.z, choices, pi_first, module.candidates, module.kurtosis_weights, fitted_on, block_losses)
         root = Path(trainer.default_root_dir)
         policy.save(root / "policy.json")
         figure = policy_figure(policy, module.z, choices)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from itertools import permutations
+from itertools import permutations, product
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,12 @@ from lqsearch.storage import write_text_atomic
 
 SCHEMA = "lqsearch-policy/1"
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.json")
+BlockLosses = dict[str, float]  # one block: combination_key(choice) -> block loss after the search
+
+
+def combination_key(choice: dict[str, str]) -> str:
+    """``attn=affine,mlp=rotation``: how ``choices.json`` names one combination of unit candidates."""
+    return ",".join(f"{unit}={kind}" for unit, kind in choice.items())
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class KurtosisPolicy:
     weights: KurtosisWeights = "input"
     fitted_on: dict[str, Any] = field(default_factory=dict)  # model, quant, run: where the search came from
     fit: dict[str, dict[str, float]] = field(default_factory=dict)  # per unit: agreement, balanced accuracy, spearman
+    # mean over the search's blocks of (block loss of the policy's choice / the lowest block loss); None: losses unknown
+    block_loss_ratio: float | None = None
 
     def choose(self, z: dict[str, list[float]]) -> list[dict[str, str]]:
         """A choice per block and unit from the robust z-scores of each unit type."""
@@ -73,6 +81,7 @@ class KurtosisPolicy:
             weights=document["weights"],
             fitted_on=document.get("fitted_on", {}),
             fit=document.get("fit", {}),
+            block_loss_ratio=document.get("block_loss_ratio"),
         )
 
 
@@ -104,27 +113,61 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float("nan") if denominator == 0 else (rx @ ry / denominator).item()
 
 
-def fit_unit_rule(z: list[float], choices: list[str], candidates: tuple[str, ...]) -> tuple[UnitRule, float, float]:
-    """The threshold and direction that best reproduce ``choices``: ``(rule, balanced accuracy, agreement)``.
+RuleScore = tuple[float, float, float]  # agreement, balanced accuracy, -|beta|: higher is better
 
-    Thresholds are midpoints between consecutive distinct z (and one below all); ties in
-    agreement go to higher balanced accuracy, then to the threshold nearest 0. Agreement comes
-    first: when one type wins nearly every unit, the rule should give it to every unit rather
-    than chase the few exceptions at the cost of many right choices.
-    """
+
+def scored_unit_rules(z: list[float], choices: list[str], candidates: tuple[str, ...]) -> list[tuple[RuleScore, UnitRule]]:
+    """Every distinct rule over ``z`` (thresholds at midpoints between consecutive distinct z,
+    and one below all, in both directions) with how well it reproduces ``choices``."""
     levels = sorted(set(z))
     thresholds = [levels[0] - 1.0] + [(a + b) / 2 for a, b in zip(levels, levels[1:])]
-    best: tuple[tuple[float, float, float], UnitRule] | None = None
+    scored = []
     for high, low in permutations(candidates, 2):
         for beta in thresholds:
             rule = UnitRule(beta, high, low)
             predicted = [rule.choose(v) for v in z]
             agreement = sum(p == c for p, c in zip(predicted, choices)) / len(choices)
-            key = (agreement, balanced_accuracy(predicted, choices), -abs(beta))
-            if best is None or key > best[0]:
-                best = (key, rule)
-    (agreement, balanced, _), rule = best
+            scored.append(((agreement, balanced_accuracy(predicted, choices), -abs(beta)), rule))
+    return scored
+
+
+def fit_unit_rule(z: list[float], choices: list[str], candidates: tuple[str, ...]) -> tuple[UnitRule, float, float]:
+    """The rule that best reproduces ``choices``: ``(rule, balanced accuracy, agreement)``.
+
+    Highest agreement, ties to balanced accuracy, then to the threshold nearest 0. Agreement
+    comes first: when one type wins nearly every unit, the rule should give it to every unit
+    rather than chase the few exceptions at the cost of many right choices.
+    """
+    (agreement, balanced, _), rule = max(scored_unit_rules(z, choices, candidates), key=lambda item: item[0])
     return rule, balanced, agreement
+
+
+def block_loss_ratio(rules: dict[str, UnitRule], z: dict[str, list[float]], block_losses: list[BlockLosses]) -> float:
+    """Mean over blocks of the block loss of the rules' choice relative to the block's lowest."""
+    ratios = []
+    for block, losses in enumerate(block_losses):
+        chosen = losses[combination_key({unit: rule.choose(z[unit][block]) for unit, rule in rules.items()})]
+        ratios.append(chosen / max(min(losses.values()), torch.finfo(torch.float64).tiny))
+    return sum(ratios) / len(ratios)
+
+
+def fit_rules_to_losses(
+    z: dict[str, list[float]], choices: list[dict[str, str]], candidates: tuple[str, ...], block_losses: list[BlockLosses]
+) -> dict[str, UnitRule]:
+    """Rules for all unit types at once with the lowest mean relative block loss over the search's
+    blocks (each block counts alike, whatever its loss scale), ties to agreement with ``choices``.
+
+    Agreement alone treats every unit as equally costly; here a unit whose candidates differ by
+    a factor of two in block loss weighs more than one where they differ by 1%.
+    """
+    scored = {unit: scored_unit_rules(z[unit], [c[unit] for c in choices], candidates) for unit in z}
+    best: tuple[tuple[float, tuple[RuleScore, ...]], dict[str, UnitRule]] | None = None
+    for combination in product(*scored.values()):
+        rules = dict(zip(scored, (rule for _, rule in combination)))
+        key = (-block_loss_ratio(rules, z, block_losses), tuple(score for score, _ in combination))
+        if best is None or key > best[0]:
+            best = (key, rules)
+    return best[1]
 
 
 def fit_policy(
@@ -134,16 +177,28 @@ def fit_policy(
     candidates: tuple[str, ...],
     weights: KurtosisWeights,
     fitted_on: dict[str, Any],
+    block_losses: list[BlockLosses] | None = None,
 ) -> KurtosisPolicy:
-    """Distil a search: per unit type, the rule that best agrees with the searched argmax.
+    """Distil a search into a rule per unit type.
 
+    With ``block_losses`` (every combination's block loss, as ``decide: loss`` records them)
+    the rules minimise the mean relative block loss (``fit_rules_to_losses``); without, each
+    unit type's rule best agrees with the searched choices (``fit_unit_rule``).
     ``pi_first[unit]`` is the final probability of ``candidates[0]`` per block; its Spearman
     correlation with z is reported beside the agreement.
     """
-    rules, report = {}, {}
-    for unit, scores in z.items():
-        searched = [choice[unit] for choice in choices]
-        rule, balanced, agreement = fit_unit_rule(scores[: len(searched)], searched, candidates)
-        rules[unit] = rule
-        report[unit] = {"agreement": agreement, "balanced_accuracy": balanced, "spearman_pi_z": spearman(pi_first[unit], scores[: len(searched)])}
-    return KurtosisPolicy(rules, tuple(candidates), weights, fitted_on, report)
+    z = {unit: scores[: len(choices)] for unit, scores in z.items()}
+    if block_losses is not None:
+        rules = fit_rules_to_losses(z, choices, candidates, block_losses)
+    else:
+        rules = {unit: fit_unit_rule(scores, [c[unit] for c in choices], candidates)[0] for unit, scores in z.items()}
+    report = {}
+    for unit, rule in rules.items():
+        searched, predicted = [c[unit] for c in choices], [rule.choose(v) for v in z[unit]]
+        report[unit] = {
+            "agreement": sum(p == c for p, c in zip(predicted, searched)) / len(searched),
+            "balanced_accuracy": balanced_accuracy(predicted, searched),
+            "spearman_pi_z": spearman(pi_first[unit], z[unit]),
+        }
+    ratio = None if block_losses is None else block_loss_ratio(rules, z, block_losses)
+    return KurtosisPolicy(rules, tuple(candidates), weights, fitted_on, report, ratio)

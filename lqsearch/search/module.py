@@ -47,7 +47,7 @@ from lqsearch.models.loading import DTYPES, load_model
 from lqsearch.models.quantized import use_kv_site_attention
 from lqsearch.models.streaming import BlockStore, load_streamed
 from lqsearch.policy.kurtosis import KurtosisWeights, robust_z, unit_kurtosis
-from lqsearch.policy.rule import KurtosisPolicy
+from lqsearch.policy.rule import KurtosisPolicy, combination_key
 from lqsearch.quant.config import FULL_PRECISION_BITS, QuantConfig
 from lqsearch.search.gates import ArchitectureGates, TauSchedule, temperature
 from lqsearch.search.schedule import BlockSchedule
@@ -417,7 +417,7 @@ class TransformSearch(L.LightningModule):
                 block.select(dict(zip(UNITS, kinds)))
                 losses[kinds] = self._block_loss(block)
         self._candidate_loss = {kinds[0]: loss for kinds, loss in losses.items() if len(set(kinds)) == 1}
-        self._combination_loss = {",".join(f"{u}={k}" for u, k in zip(UNITS, kinds)): loss for kinds, loss in losses.items()} if by_loss else {}
+        self._combination_loss = {combination_key(dict(zip(UNITS, kinds))): loss for kinds, loss in losses.items()} if by_loss else {}
         best = dict(zip(UNITS, min(losses, key=losses.get)))
         self._searched_choice = best if by_loss else self.gates.argmax(self.current_block)
         block.select(self._searched_choice)
