@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/lqsearch fit --config configs/smollm2-135m/demo.yaml
 
 # Every method side by side (FP, RTN, rotations, affine, searches, policies) at w4a4kv4, w3a3k3v3 and w3a3k2v2:
-# benchmarks/results/quality.{json,md}. About 1 h 50 min on 2 CPU cores (README); bench-quick (w4a4kv4, smaller) targets 15 min.
+# benchmarks/results/quality.{json,md}. About 1 h 50 min on 2 CPU cores (README); bench-quick (w4a4kv4, smaller) 17 min.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/quality.py
 

@@ -29,6 +29,7 @@ Presets:
                    2 search + 1 fine-tune, the demo preset); perplexity on 32 windows x 512;
                    200 zero-shot examples
   --quick          w4a4kv4 only; 8 x 128 tokens, 2 epochs (searches 1 + 1); 16 windows; 100 examples
+                   (17 min 20 s on 2 cores: benchmarks/results/quality-quick.md)
   --smoke          w4a4kv4 only; 4 x 64 tokens, 2 epochs (searches 1 + 1); 2 windows x 128; 10 examples
                    (plumbing check, numbers meaningless)
 
@@ -283,7 +284,7 @@ def markdown(document: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="w4a4kv4 only, smaller calibration and evaluation (~15 min on 2 cores)")
+    size.add_argument("--quick", action="store_true", help="w4a4kv4 only, smaller calibration and evaluation (17 min on 2 cores)")
     size.add_argument("--smoke", action="store_true", help="tiny plumbing check: numbers meaningless")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS + EXTRA_SETTINGS, help="settings (default: the preset's)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="subset of methods (default: all)")
