@@ -85,6 +85,11 @@ class KurtosisPolicy:
         )
 
 
+def agreement(predicted: list[str], target: list[str]) -> float:
+    """Fraction of ``target`` predicted right."""
+    return sum(p == t for p, t in zip(predicted, target)) / len(target)
+
+
 def balanced_accuracy(predicted: list[str], target: list[str]) -> float:
     """Mean over the classes present in ``target`` of the fraction of them predicted right."""
     recalls = []
@@ -126,8 +131,7 @@ def scored_unit_rules(z: list[float], choices: list[str], candidates: tuple[str,
         for beta in thresholds:
             rule = UnitRule(beta, high, low)
             predicted = [rule.choose(v) for v in z]
-            agreement = sum(p == c for p, c in zip(predicted, choices)) / len(choices)
-            scored.append(((agreement, balanced_accuracy(predicted, choices), -abs(beta)), rule))
+            scored.append(((agreement(predicted, choices), balanced_accuracy(predicted, choices), -abs(beta)), rule))
     return scored
 
 
@@ -138,8 +142,8 @@ def fit_unit_rule(z: list[float], choices: list[str], candidates: tuple[str, ...
     comes first: when one type wins nearly every unit, the rule should give it to every unit
     rather than chase the few exceptions at the cost of many right choices.
     """
-    (agreement, balanced, _), rule = max(scored_unit_rules(z, choices, candidates), key=lambda item: item[0])
-    return rule, balanced, agreement
+    (agreed, balanced, _), rule = max(scored_unit_rules(z, choices, candidates), key=lambda item: item[0])
+    return rule, balanced, agreed
 
 
 def block_loss_ratio(rules: dict[str, UnitRule], z: dict[str, list[float]], block_losses: list[BlockLosses]) -> float:
@@ -196,7 +200,7 @@ def fit_policy(
     for unit, rule in rules.items():
         searched, predicted = [c[unit] for c in choices], [rule.choose(v) for v in z[unit]]
         report[unit] = {
-            "agreement": sum(p == c for p, c in zip(predicted, searched)) / len(searched),
+            "agreement": agreement(predicted, searched),
             "balanced_accuracy": balanced_accuracy(predicted, searched),
             "spearman_pi_z": spearman(pi_first[unit], z[unit]),
         }

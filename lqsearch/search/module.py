@@ -418,8 +418,7 @@ class TransformSearch(L.LightningModule):
                 losses[kinds] = self._block_loss(block)
         self._candidate_loss = {kinds[0]: loss for kinds, loss in losses.items() if len(set(kinds)) == 1}
         self._combination_loss = {combination_key(dict(zip(UNITS, kinds))): loss for kinds, loss in losses.items()} if by_loss else {}
-        best = dict(zip(UNITS, min(losses, key=losses.get)))
-        self._searched_choice = best if by_loss else self.gates.argmax(self.current_block)
+        self._searched_choice = dict(zip(UNITS, min(losses, key=losses.get))) if by_loss else self.gates.argmax(self.current_block)
         block.select(self._searched_choice)
 
     def _finish_block(self) -> None:
